@@ -1,0 +1,718 @@
+//! Checkpoint loading: finds the format of a file or directory, reads its
+//! tensors without running pickle code, renames them to the official
+//! Long-CLIP/OpenAI-CLIP state-dict names and infers the architecture from
+//! their shapes, as the official `build_model` does.
+//!
+//! Formats: the official Long-CLIP `.pt` (`torch.save` of a state dict, two
+//! positional tables), OpenAI-CLIP-style state dicts (77 positions), Hugging
+//! Face `CLIPModel` directories or safetensors files, and our own
+//! safetensors output (official names, config in the metadata).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::pickle::{Object, Stack, TensorInfo};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Positions Long-CLIP copies unchanged from CLIP (knowledge-preserved stretching).
+pub const KEEP_POSITIONS: usize = 20;
+/// Metadata key under which our safetensors files store the [`Config`].
+pub const CONFIG_METADATA_KEY: &str = "longclip.config";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    QuickGelu,
+    Gelu,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextConfig {
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp_width: usize,
+    pub context_length: usize,
+    pub vocab_size: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisionConfig {
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp_width: usize,
+    pub patch_size: usize,
+    pub image_size: usize,
+}
+
+impl VisionConfig {
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub embed_dim: usize,
+    pub text: TextConfig,
+    pub vision: VisionConfig,
+    pub activation: Activation,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `torch.save` zip of a state dict with official names.
+    TorchStateDict,
+    /// A TorchScript archive (OpenAI's released `.pt`).
+    TorchScript,
+    /// safetensors with official names (our own output).
+    Safetensors,
+    /// Hugging Face `CLIPModel` names (directory or single file).
+    HuggingFace,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Format::TorchStateDict => "torch state dict (.pt zip)",
+            Format::TorchScript => "TorchScript archive",
+            Format::Safetensors => "safetensors (official names)",
+            Format::HuggingFace => "Hugging Face CLIPModel",
+        };
+        f.write_str(s)
+    }
+}
+
+/// A loaded checkpoint: tensors under official names, in their stored dtypes.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub format: Format,
+    pub config: Config,
+    pub tensors: HashMap<String, Tensor>,
+    /// Keys in the file that the model does not use.
+    pub ignored: Vec<String>,
+}
+
+impl Checkpoint {
+    /// Long-CLIP checkpoints carry two tables: rows 0..20 come from
+    /// `positional_embedding`, rows 20.. from `positional_embedding_res`.
+    pub fn is_long_clip(&self) -> bool {
+        self.tensors.contains_key("positional_embedding_res")
+    }
+
+    /// The positional table the text encoder adds, merged into one.
+    pub fn text_positions(&self) -> Result<Tensor> {
+        let pe = self.get("positional_embedding")?;
+        let Some(res) = self.tensors.get("positional_embedding_res") else {
+            return Ok(pe.clone());
+        };
+        let n = pe.dim(0)?;
+        let keep = KEEP_POSITIONS.min(n);
+        let head = pe.narrow(0, 0, keep)?.to_dtype(DType::F32)?;
+        let tail = res.narrow(0, keep, n - keep)?.to_dtype(DType::F32)?;
+        Ok(Tensor::cat(&[head, tail], 0)?)
+    }
+
+    pub fn get(&self, key: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(key)
+            .with_context(|| format!("{}: missing tensor '{key}'", self.path.display()))
+    }
+
+    /// Stored dtypes, counted, e.g. {"F16": 40, "F32": 23}.
+    pub fn dtype_counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for t in self.tensors.values() {
+            *counts.entry(format!("{:?}", t.dtype())).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.tensors.values().map(|t| t.elem_count()).sum()
+    }
+}
+
+/// Loads a checkpoint from a file or a Hugging Face model directory.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    if !path.exists() {
+        bail!("{}: no such file or directory", path.display());
+    }
+    let (format, raw, metadata) = if path.is_dir() {
+        read_hf_dir(path)?
+    } else {
+        read_file(path)?
+    };
+    let raw = strip_wrapper_prefix(raw);
+    let (format, tensors) = match format {
+        Format::HuggingFace => (Format::HuggingFace, hf_to_official(raw, path)?),
+        f if looks_like_hf(&raw) => (f, hf_to_official(raw, path)?),
+        f => (f, raw),
+    };
+    let hf_config = metadata.hf_config;
+    let config = match (metadata.config, hf_config) {
+        (Some(c), _) => c,
+        (None, Some(hf)) => config_from_hf(&hf, &tensors, path)?,
+        (None, None) => infer_config(&tensors, path)?,
+    };
+    let (tensors, ignored) = keep_model_keys(tensors, &config);
+    let ckpt = Checkpoint { path: path.to_path_buf(), format, config, tensors, ignored };
+    check_shapes(&ckpt)?;
+    Ok(ckpt)
+}
+
+#[derive(Default)]
+struct Metadata {
+    config: Option<Config>,
+    hf_config: Option<serde_json::Value>,
+}
+
+type Tensors = HashMap<String, Tensor>;
+
+fn read_file(path: &Path) -> Result<(Format, Tensors, Metadata)> {
+    let mut magic = [0u8; 8];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    if n == 0 {
+        bail!("{}: empty file", path.display());
+    }
+    if magic.starts_with(b"PK") {
+        return read_torch_zip(path).map(|(f, t)| (f, t, Metadata::default()));
+    }
+    if magic[0] == 0x80 {
+        bail!(
+            "{}: legacy (non-zip) torch.save format, written by torch < 1.6; \
+             re-save it with a newer torch: torch.save(torch.load(f), 'new.pt')",
+            path.display()
+        );
+    }
+    if is_safetensors_header(&magic) {
+        return read_safetensors(path);
+    }
+    bail!(
+        "{}: not a checkpoint (expected a torch .pt zip, a .safetensors file or a Hugging Face model directory)",
+        path.display()
+    )
+}
+
+/// safetensors starts with a little-endian u64 header length then `{`.
+fn is_safetensors_header(magic: &[u8; 8]) -> bool {
+    let len = u64::from_le_bytes(*magic);
+    len > 1 && len < 100_000_000
+}
+
+fn read_safetensors(path: &Path) -> Result<(Format, Tensors, Metadata)> {
+    let data = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&data)
+        .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
+    let mut meta = Metadata::default();
+    if let Some(json) = header.metadata().as_ref().and_then(|m| m.get(CONFIG_METADATA_KEY)) {
+        let config: Config = serde_json::from_str(json)
+            .with_context(|| format!("{}: bad '{CONFIG_METADATA_KEY}' metadata", path.display()))?;
+        meta.config = Some(config);
+    }
+    let tensors = candle_core::safetensors::load_buffer(&data, &Device::Cpu)
+        .with_context(|| format!("{}: cannot read tensors", path.display()))?;
+    Ok((Format::Safetensors, tensors, meta))
+}
+
+fn read_hf_dir(dir: &Path) -> Result<(Format, Tensors, Metadata)> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("{}: not a model directory (no readable config.json)", dir.display()))?;
+    let hf: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid JSON", config_path.display()))?;
+    let weights = ["model.safetensors", "pytorch_model.bin"]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.exists())
+        .with_context(|| {
+            format!("{}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)", dir.display())
+        })?;
+    let (_, tensors, mut meta) = read_file(&weights)?;
+    meta.hf_config = Some(hf);
+    Ok((Format::HuggingFace, tensors, meta))
+}
+
+// ---------------------------------------------------------------------------
+// torch zip archives
+
+fn read_torch_zip(path: &Path) -> Result<(Format, Tensors)> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .with_context(|| format!("{}: not a valid zip archive", path.display()))?;
+    let names: Vec<String> = (0..zip.len()).filter_map(|i| zip.name_for_index(i).and_then(|n| n.ok()).map(|n| n.to_string())).collect();
+    let pkl_name = names
+        .iter()
+        .find(|n| n.ends_with("data.pkl"))
+        .cloned()
+        .with_context(|| format!("{}: zip archive has no data.pkl (not a torch.save file)", path.display()))?;
+    let is_script = names.iter().any(|n| n.ends_with("constants.pkl"));
+    let object = {
+        let entry = zip.by_name(&pkl_name)?;
+        let mut reader = std::io::BufReader::new(entry);
+        let mut stack = Stack::empty();
+        stack
+            .read_loop(&mut reader)
+            .and_then(|_| stack.finalize())
+            .map_err(|e| unreadable_pickle(path, is_script, e))?
+    };
+    let dir = PathBuf::from(pkl_name.trim_end_matches(".pkl"));
+    let mut infos = Vec::new();
+    collect_tensor_infos(object, "", &dir, &mut infos);
+    if infos.is_empty() {
+        bail!(
+            "{}: no tensors found in the pickle{}",
+            path.display(),
+            if is_script { script_hint() } else { "" }
+        );
+    }
+    let mut tensors = HashMap::new();
+    for info in infos {
+        let tensor = read_tensor(&mut zip, &info)
+            .with_context(|| format!("{}: cannot read tensor '{}'", path.display(), info.name))?;
+        tensors.insert(info.name, tensor);
+    }
+    let format = if is_script { Format::TorchScript } else { Format::TorchStateDict };
+    Ok((format, tensors))
+}
+
+fn script_hint() -> &'static str {
+    " (this is a TorchScript archive such as OpenAI's released ViT-B-16.pt; \
+     convert it to a state dict first: python -c \"import clip, torch; \
+     m, _ = clip.load('ViT-B/16', device='cpu', jit=False); \
+     torch.save(m.state_dict(), 'ViT-B-16.state_dict.pt')\")"
+}
+
+fn unreadable_pickle(path: &Path, is_script: bool, e: candle_core::Error) -> anyhow::Error {
+    let hint = if is_script { script_hint() } else { "" };
+    anyhow::anyhow!("{}: cannot parse the pickle: {e}{hint}", path.display())
+}
+
+/// Walks dicts (state dicts, nested `{"state_dict": ...}`) and TorchScript
+/// module objects, naming tensors by their dotted path.
+fn collect_tensor_infos(object: Object, prefix: &str, dir: &Path, out: &mut Vec<TensorInfo>) {
+    let entries = match object {
+        Object::Dict(entries) => entries,
+        Object::Build { args, .. } => return collect_tensor_infos(*args, prefix, dir, out),
+        _ => return,
+    };
+    for (key, value) in entries {
+        let Object::Unicode(key) = key else { continue };
+        let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+        match value.clone().into_tensor_info(Object::Unicode(name.clone()), dir) {
+            Ok(Some(info)) => out.push(info),
+            Ok(None) => collect_tensor_infos(value, &name, dir, out),
+            // An unsupported storage type: the shape check names the key if it is needed.
+            Err(_) => {}
+        }
+    }
+}
+
+fn read_tensor<R: std::io::Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    info: &TensorInfo,
+) -> Result<Tensor> {
+    let mut entry = zip
+        .by_name(&info.path)
+        .with_context(|| format!("storage '{}' missing from the archive", info.path))?;
+    let layout = &info.layout;
+    let fortran = layout.is_fortran_contiguous() && !layout.is_contiguous();
+    if !layout.is_contiguous() && !fortran {
+        bail!("non-contiguous tensor layouts are not supported ({layout:?})");
+    }
+    let skip = layout.start_offset() as u64;
+    std::io::copy(&mut (&mut entry).take(skip), &mut std::io::sink())?;
+    let dims = layout.dims();
+    let mut bytes = vec![0u8; layout.shape().elem_count() * info.dtype.size_in_bytes()];
+    entry.read_exact(&mut bytes).context("storage is shorter than the tensor")?;
+    if !fortran {
+        return Ok(Tensor::from_raw_buffer(&bytes, info.dtype, dims, &Device::Cpu)?);
+    }
+    let reversed: Vec<usize> = dims.iter().rev().copied().collect();
+    let t = Tensor::from_raw_buffer(&bytes, info.dtype, &reversed, &Device::Cpu)?;
+    let perm: Vec<usize> = (0..dims.len()).rev().collect();
+    Ok(t.permute(perm)?.contiguous()?)
+}
+
+// ---------------------------------------------------------------------------
+// Hugging Face names <-> official names
+
+/// State dicts nested under a key (`{"state_dict": ...}`) or saved from a
+/// wrapper (`module.` from DDP) carry a prefix before every name: drop it.
+fn strip_wrapper_prefix(tensors: Tensors) -> Tensors {
+    let anchor = ["text_model.embeddings.token_embedding.weight", "token_embedding.weight"];
+    let prefix = tensors
+        .keys()
+        .filter_map(|k| anchor.iter().find_map(|a| k.strip_suffix(a)))
+        .min_by_key(|p| p.len())
+        .unwrap_or("")
+        .to_string();
+    if prefix.is_empty() {
+        return tensors;
+    }
+    tensors.into_iter().filter_map(|(k, t)| Some((k.strip_prefix(&prefix)?.to_string(), t))).collect()
+}
+
+fn looks_like_hf(tensors: &Tensors) -> bool {
+    tensors.keys().any(|k| k.starts_with("text_model.") || k.starts_with("vision_model."))
+}
+
+/// Per-layer renames between HF `encoder.layers.N.` and official `resblocks.N.`.
+const LAYER_RENAMES: [(&str, &str); 8] = [
+    ("self_attn.out_proj.weight", "attn.out_proj.weight"),
+    ("self_attn.out_proj.bias", "attn.out_proj.bias"),
+    ("layer_norm1.weight", "ln_1.weight"),
+    ("layer_norm1.bias", "ln_1.bias"),
+    ("layer_norm2.weight", "ln_2.weight"),
+    ("layer_norm2.bias", "ln_2.bias"),
+    ("mlp.fc1.weight", "mlp.c_fc.weight"),
+    ("mlp.fc1.bias", "mlp.c_fc.bias"),
+];
+const LAYER_RENAMES_2: [(&str, &str); 2] =
+    [("mlp.fc2.weight", "mlp.c_proj.weight"), ("mlp.fc2.bias", "mlp.c_proj.bias")];
+
+/// Renames outside the layers; projections are transposed separately.
+const TOP_RENAMES: [(&str, &str); 12] = [
+    ("text_model.embeddings.token_embedding.weight", "token_embedding.weight"),
+    ("text_model.embeddings.position_embedding.weight", "positional_embedding"),
+    ("text_model.final_layer_norm.weight", "ln_final.weight"),
+    ("text_model.final_layer_norm.bias", "ln_final.bias"),
+    ("vision_model.embeddings.class_embedding", "visual.class_embedding"),
+    ("vision_model.embeddings.patch_embedding.weight", "visual.conv1.weight"),
+    ("vision_model.embeddings.position_embedding.weight", "visual.positional_embedding"),
+    ("vision_model.pre_layrnorm.weight", "visual.ln_pre.weight"),
+    ("vision_model.pre_layrnorm.bias", "visual.ln_pre.bias"),
+    ("vision_model.post_layernorm.weight", "visual.ln_post.weight"),
+    ("vision_model.post_layernorm.bias", "visual.ln_post.bias"),
+    ("logit_scale", "logit_scale"),
+];
+
+/// (HF tower prefix, official tower prefix)
+const TOWERS: [(&str, &str); 2] =
+    [("text_model.encoder.layers.", "transformer.resblocks."), ("vision_model.encoder.layers.", "visual.transformer.resblocks.")];
+
+fn layer_renames() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    LAYER_RENAMES.iter().chain(LAYER_RENAMES_2.iter())
+}
+
+fn hf_to_official(mut hf: Tensors, path: &Path) -> Result<Tensors> {
+    let mut out = HashMap::new();
+    for (from, to) in TOP_RENAMES {
+        if let Some(t) = hf.remove(from) {
+            out.insert(to.to_string(), t);
+        }
+    }
+    for (proj_from, proj_to) in [("text_projection.weight", "text_projection"), ("visual_projection.weight", "visual.proj")] {
+        if let Some(t) = hf.remove(proj_from) {
+            out.insert(proj_to.to_string(), t.t()?.contiguous()?);
+        }
+    }
+    for (hf_prefix, prefix) in TOWERS {
+        for i in 0..count_layers(&hf, hf_prefix) {
+            let from = format!("{hf_prefix}{i}.");
+            let to = format!("{prefix}{i}.");
+            for (a, b) in layer_renames() {
+                if let Some(t) = hf.remove(&format!("{from}{a}")) {
+                    out.insert(format!("{to}{b}"), t);
+                }
+            }
+            for kind in ["weight", "bias"] {
+                let parts: Vec<Tensor> = ["q", "k", "v"]
+                    .iter()
+                    .map(|p| format!("{from}self_attn.{p}_proj.{kind}"))
+                    .map(|k| hf.remove(&k).with_context(|| format!("{}: missing tensor '{k}'", path.display())))
+                    .collect::<Result<_>>()?;
+                out.insert(format!("{to}attn.in_proj_{kind}"), Tensor::cat(&parts, 0)?);
+            }
+        }
+    }
+    // Whatever is left (position_ids buffers, extra heads) is reported as ignored.
+    out.extend(hf);
+    Ok(out)
+}
+
+/// Official state dict -> Hugging Face `CLIPModel` names (for `convert`).
+pub fn official_to_hf(ckpt: &Checkpoint) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::new();
+    for (to, from) in TOP_RENAMES {
+        if from == "positional_embedding" {
+            out.push((to.to_string(), ckpt.text_positions()?));
+        } else if let Some(t) = ckpt.tensors.get(from) {
+            out.push((to.to_string(), t.clone()));
+        }
+    }
+    out.push(("text_projection.weight".into(), ckpt.get("text_projection")?.t()?.contiguous()?));
+    out.push(("visual_projection.weight".into(), ckpt.get("visual.proj")?.t()?.contiguous()?));
+    let layers = [ckpt.config.text.layers, ckpt.config.vision.layers];
+    let widths = [ckpt.config.text.width, ckpt.config.vision.width];
+    for (((hf_prefix, prefix), n), width) in TOWERS.iter().zip(layers).zip(widths) {
+        for i in 0..n {
+            let hf = format!("{hf_prefix}{i}.");
+            let off = format!("{prefix}{i}.");
+            for (a, b) in layer_renames() {
+                out.push((format!("{hf}{a}"), ckpt.get(&format!("{off}{b}"))?.clone()));
+            }
+            for kind in ["weight", "bias"] {
+                let packed = ckpt.get(&format!("{off}attn.in_proj_{kind}"))?;
+                for (j, p) in ["q", "k", "v"].iter().enumerate() {
+                    let part = packed.narrow(0, j * width, width)?.contiguous()?;
+                    out.push((format!("{hf}self_attn.{p}_proj.{kind}"), part));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn count_layers(tensors: &Tensors, prefix: &str) -> usize {
+    tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+        .map(|i| i + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------
+// Architecture inference
+
+fn dims(tensors: &Tensors, key: &str, path: &Path) -> Result<Vec<usize>> {
+    match tensors.get(key) {
+        Some(t) => Ok(t.dims().to_vec()),
+        None => bail!("{}: missing tensor '{key}'", path.display()),
+    }
+}
+
+/// As the official `build_model`: heads = width / 64, layers counted from keys.
+fn infer_config(tensors: &Tensors, path: &Path) -> Result<Config> {
+    if !tensors.contains_key("visual.proj") && tensors.keys().any(|k| k.starts_with("visual.layer1.")) {
+        bail!("{}: ResNet image towers (RN50, RN101, ...) are not supported; use a ViT checkpoint", path.display());
+    }
+    if !tensors.contains_key("visual.conv1.weight") && !tensors.contains_key("token_embedding.weight") {
+        bail!(
+            "{}: not a CLIP checkpoint (no 'visual.conv1.weight' or 'token_embedding.weight'; \
+             found keys like {:?})",
+            path.display(),
+            tensors.keys().take(3).collect::<Vec<_>>()
+        );
+    }
+    let conv = dims(tensors, "visual.conv1.weight", path)?;
+    let vpos = dims(tensors, "visual.positional_embedding", path)?;
+    if conv.len() != 4 || vpos.len() != 2 {
+        bail!("{}: 'visual.conv1.weight' must be [width, 3, patch, patch], got {conv:?}", path.display());
+    }
+    let grid = ((vpos[0].saturating_sub(1)) as f64).sqrt().round() as usize;
+    if grid * grid + 1 != vpos[0] {
+        bail!("{}: 'visual.positional_embedding' has {} rows, not grid*grid + 1", path.display(), vpos[0]);
+    }
+    let vwidth = conv[0];
+    let twidth = dims(tensors, "ln_final.weight", path)?[0];
+    let vision = VisionConfig {
+        width: vwidth,
+        layers: count_layers(tensors, "visual.transformer.resblocks."),
+        heads: official_heads(vwidth, "vision", path)?,
+        mlp_width: dims(tensors, "visual.transformer.resblocks.0.mlp.c_fc.weight", path)?[0],
+        patch_size: conv[3],
+        image_size: conv[3] * grid,
+    };
+    let text = TextConfig {
+        width: twidth,
+        layers: count_layers(tensors, "transformer.resblocks."),
+        heads: official_heads(twidth, "text", path)?,
+        mlp_width: dims(tensors, "transformer.resblocks.0.mlp.c_fc.weight", path)?[0],
+        context_length: dims(tensors, "positional_embedding", path)?[0],
+        vocab_size: dims(tensors, "token_embedding.weight", path)?[0],
+    };
+    let embed_dim = *dims(tensors, "text_projection", path)?.last().unwrap_or(&0);
+    Ok(Config { embed_dim, text, vision, activation: Activation::QuickGelu })
+}
+
+fn official_heads(width: usize, tower: &str, path: &Path) -> Result<usize> {
+    let heads = width / 64;
+    if heads == 0 || width % heads != 0 {
+        bail!(
+            "{}: {tower} width {width} does not split into heads of 64 (the official code uses heads = width / 64)",
+            path.display()
+        );
+    }
+    Ok(heads)
+}
+
+fn config_from_hf(hf: &serde_json::Value, tensors: &Tensors, path: &Path) -> Result<Config> {
+    let mut config = infer_config(tensors, path)?;
+    let get = |section: &str, key: &str| hf.get(section).and_then(|s| s.get(key)).and_then(|v| v.as_u64());
+    if let Some(h) = get("text_config", "num_attention_heads") {
+        config.text.heads = h as usize;
+    }
+    if let Some(h) = get("vision_config", "num_attention_heads") {
+        config.vision.heads = h as usize;
+    }
+    let act = hf.get("text_config").and_then(|s| s.get("hidden_act")).and_then(|v| v.as_str());
+    config.activation = match act {
+        None | Some("quick_gelu") => Activation::QuickGelu,
+        Some("gelu") => Activation::Gelu,
+        Some(other) => bail!("{}: unsupported hidden_act '{other}' in config.json", path.display()),
+    };
+    Ok(config)
+}
+
+/// Every tensor the model reads, with its expected shape.
+pub fn expected_shapes(c: &Config, long_clip: bool) -> Vec<(String, Vec<usize>)> {
+    let (t, v) = (&c.text, &c.vision);
+    let mut s: Vec<(String, Vec<usize>)> = vec![
+        ("token_embedding.weight".into(), vec![t.vocab_size, t.width]),
+        ("positional_embedding".into(), vec![t.context_length, t.width]),
+        ("ln_final.weight".into(), vec![t.width]),
+        ("ln_final.bias".into(), vec![t.width]),
+        ("text_projection".into(), vec![t.width, c.embed_dim]),
+        ("visual.class_embedding".into(), vec![v.width]),
+        ("visual.conv1.weight".into(), vec![v.width, 3, v.patch_size, v.patch_size]),
+        ("visual.positional_embedding".into(), vec![v.grid() * v.grid() + 1, v.width]),
+        ("visual.ln_pre.weight".into(), vec![v.width]),
+        ("visual.ln_pre.bias".into(), vec![v.width]),
+        ("visual.ln_post.weight".into(), vec![v.width]),
+        ("visual.ln_post.bias".into(), vec![v.width]),
+        ("visual.proj".into(), vec![v.width, c.embed_dim]),
+    ];
+    if long_clip {
+        s.push(("positional_embedding_res".into(), vec![t.context_length, t.width]));
+    }
+    block_shapes("transformer.resblocks.", t.layers, t.width, t.mlp_width, &mut s);
+    block_shapes("visual.transformer.resblocks.", v.layers, v.width, v.mlp_width, &mut s);
+    s
+}
+
+fn block_shapes(prefix: &str, layers: usize, w: usize, mlp: usize, out: &mut Vec<(String, Vec<usize>)>) {
+    for i in 0..layers {
+        let p = format!("{prefix}{i}.");
+        out.extend([
+            (format!("{p}attn.in_proj_weight"), vec![3 * w, w]),
+            (format!("{p}attn.in_proj_bias"), vec![3 * w]),
+            (format!("{p}attn.out_proj.weight"), vec![w, w]),
+            (format!("{p}attn.out_proj.bias"), vec![w]),
+            (format!("{p}ln_1.weight"), vec![w]),
+            (format!("{p}ln_1.bias"), vec![w]),
+            (format!("{p}mlp.c_fc.weight"), vec![mlp, w]),
+            (format!("{p}mlp.c_fc.bias"), vec![mlp]),
+            (format!("{p}mlp.c_proj.weight"), vec![w, mlp]),
+            (format!("{p}mlp.c_proj.bias"), vec![w]),
+            (format!("{p}ln_2.weight"), vec![w]),
+            (format!("{p}ln_2.bias"), vec![w]),
+        ]);
+    }
+}
+
+fn keep_model_keys(mut tensors: Tensors, config: &Config) -> (Tensors, Vec<String>) {
+    let long_clip = tensors.contains_key("positional_embedding_res");
+    let mut wanted: Vec<String> = expected_shapes(config, long_clip).into_iter().map(|(k, _)| k).collect();
+    wanted.push("logit_scale".into());
+    let kept: Tensors = wanted.iter().filter_map(|k| tensors.remove_entry(k)).collect();
+    let mut ignored: Vec<String> = tensors.into_keys().collect();
+    ignored.sort();
+    (kept, ignored)
+}
+
+fn check_shapes(ckpt: &Checkpoint) -> Result<()> {
+    let c = &ckpt.config;
+    for (tower, heads, width) in [("text", c.text.heads, c.text.width), ("vision", c.vision.heads, c.vision.width)] {
+        if heads == 0 || width % heads != 0 {
+            bail!("{}: {tower} width {width} is not divisible by {heads} heads", ckpt.path.display());
+        }
+    }
+    if c.text.layers == 0 || c.vision.layers == 0 {
+        bail!("{}: no transformer layers found (text {}, vision {})", ckpt.path.display(), c.text.layers, c.vision.layers);
+    }
+    for (key, shape) in expected_shapes(c, ckpt.is_long_clip()) {
+        match ckpt.tensors.get(&key) {
+            None => bail!("{}: missing tensor '{key}' (expected shape {shape:?})", ckpt.path.display()),
+            Some(t) if t.dims() != shape.as_slice() => bail!(
+                "{}: tensor '{key}' has shape {:?}, expected {shape:?}",
+                ckpt.path.display(),
+                t.dims()
+            ),
+            Some(t) if !t.dtype().is_float() => bail!(
+                "{}: tensor '{key}' has dtype {:?}, expected a float type",
+                ckpt.path.display(),
+                t.dtype()
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Presets and random weights (benchmarks, tests)
+
+impl Config {
+    /// The released architectures: `longclip-b` (ViT-B/16) and `longclip-l` (ViT-L/14).
+    pub fn preset(name: &str) -> Result<Config> {
+        let (embed_dim, tw, th, vw, vl, vh, patch) = match name {
+            "longclip-b" | "b" => (512, 512, 8, 768, 12, 12, 16),
+            "longclip-l" | "l" => (768, 768, 12, 1024, 24, 16, 14),
+            other => bail!("unknown preset '{other}' (expected longclip-b or longclip-l)"),
+        };
+        Ok(Config {
+            embed_dim,
+            text: TextConfig { width: tw, layers: 12, heads: th, mlp_width: 4 * tw, context_length: 248, vocab_size: 49408 },
+            vision: VisionConfig { width: vw, layers: vl, heads: vh, mlp_width: 4 * vw, patch_size: patch, image_size: 224 },
+            activation: Activation::QuickGelu,
+        })
+    }
+}
+
+/// A Long-CLIP checkpoint of the given shapes with random weights drawn as
+/// the official `initialize_parameters` does (scaled normals), for
+/// benchmarks and tests. Matrices are f16 like the released files.
+pub fn random(config: &Config, seed: u64) -> Result<Checkpoint> {
+    let mut rng = SplitMix(seed);
+    let mut tensors = HashMap::new();
+    for (key, shape) in expected_shapes(config, true) {
+        let n: usize = shape.iter().product();
+        let t = if key.contains("ln_") && key.ends_with(".weight") {
+            Tensor::ones(shape, DType::F32, &Device::Cpu)?
+        } else if key.ends_with("bias") {
+            Tensor::zeros(shape, DType::F32, &Device::Cpu)?
+        } else {
+            let fan_in = *shape.last().unwrap_or(&1) as f32;
+            let std = if shape.len() == 1 { 0.02 } else { fan_in.powf(-0.5) };
+            let values: Vec<f32> = (0..n).map(|_| rng.normal() * std).collect();
+            let t = Tensor::from_vec(values, shape.clone(), &Device::Cpu)?;
+            if shape.len() >= 2 && !key.contains("positional") { t.to_dtype(DType::F16)? } else { t }
+        };
+        tensors.insert(key, t);
+    }
+    tensors.insert("logit_scale".into(), Tensor::new(&[(1.0f32 / 0.07).ln()], &Device::Cpu)?.reshape(())?);
+    let path = PathBuf::from(format!("random-seed{seed}"));
+    Ok(Checkpoint { path, format: Format::Safetensors, config: config.clone(), tensors, ignored: vec![] })
+}
+
+/// A small deterministic generator, so random checkpoints are the same on every machine.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+
+    /// Box-Muller; one value per call keeps it simple.
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
+    }
+}

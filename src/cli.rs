@@ -1,0 +1,310 @@
+//! The `longclip` command line: a thin layer over the library.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::embed::{self, Embedder};
+use crate::model::{self, LongClip};
+use crate::tokenizer::{Tokenizer, DEFAULT_CONTEXT_LENGTH};
+use crate::{export, stretch};
+
+#[derive(Parser)]
+#[command(name = "longclip", version, about = "Long-CLIP in Rust: embed, stretch, convert and inspect checkpoints")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tokenize texts with CLIP's BPE: a JSON array of id arrays (SOT..EOT, truncated, unpadded).
+    Tokenize {
+        /// .json (array of strings), .jsonl ("text"/"caption") or .txt (one per line).
+        #[arg(long)]
+        texts: PathBuf,
+        #[arg(long, default_value_t = DEFAULT_CONTEXT_LENGTH)]
+        context_length: usize,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Embed texts or images into a float32 .npy [N, D] (L2-normalized unless --raw).
+    Embed(EmbedArgs),
+    /// Cosine similarity of every image with every text, as a table.
+    Similarity {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long)]
+        texts: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Knowledge-preserved stretching of a 77-position CLIP to 248 positions.
+    Stretch {
+        #[arg(long)]
+        model: PathBuf,
+        /// Output .safetensors (official names; loads in every longclip command).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a Hugging Face CLIPModel directory (one merged 248-row position table).
+    Convert {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Storage type of the written tensors: f32, f16 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// What was detected in a checkpoint: format, towers, widths, layers, positions, dtypes.
+    Info {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, conflicts_with = "images", required_unless_present = "images")]
+    texts: Option<PathBuf>,
+    /// A directory (recursive, sorted by path) or a text file with one path per line.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    /// Defaults to the model's positions (248 for Long-CLIP, 77 for CLIP).
+    #[arg(long)]
+    context_length: Option<usize>,
+    /// Keep the features unnormalized.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Tokenize { texts, context_length, out } => tokenize(&texts, context_length, out.as_deref()),
+        Command::Embed(args) => embed(args),
+        Command::Similarity { model, images, texts, device } => similarity(&model, &images, &texts, &device),
+        Command::Stretch { model, out } => {
+            let ckpt = stretch::stretch_checkpoint(checkpoint::load(&model)?)?;
+            export::save_checkpoint(&ckpt, &out)?;
+            eprintln!("wrote {} ({} positions)", out.display(), ckpt.config.text.context_length);
+            Ok(())
+        }
+        Command::Convert { model, out, dtype } => {
+            let ckpt = checkpoint::load(&model)?;
+            export::write_hf_dir(&ckpt, &out, parse_dtype(&dtype)?)?;
+            eprintln!("wrote {} (Hugging Face CLIPModel, {} positions)", out.display(), ckpt.config.text.context_length);
+            Ok(())
+        }
+        Command::Info { model, json } => info(&checkpoint::load(&model)?, json),
+    }
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => bail!("unknown dtype '{other}' (expected f32, f16 or bf16)"),
+    }
+}
+
+fn tokenize(texts: &Path, context_length: usize, out: Option<&Path>) -> Result<()> {
+    let texts = embed::read_texts(texts)?;
+    let encodings = Tokenizer::global().encode_batch(&texts, context_length)?;
+    let ids: Vec<&Vec<u32>> = encodings.iter().map(|e| &e.ids).collect();
+    let json = serde_json::to_string(&ids)?;
+    match out {
+        Some(path) => export::write_atomic(path, json.as_bytes())?,
+        None => println!("{json}"),
+    }
+    warn_truncated(&encodings.iter().enumerate().filter(|(_, e)| e.truncated).map(|(i, _)| i).collect::<Vec<_>>(), context_length);
+    Ok(())
+}
+
+fn load_model(path: &Path, device: &str) -> Result<(LongClip, Device)> {
+    let device = model::device(device)?;
+    let ckpt = checkpoint::load(path)?;
+    let model = LongClip::new(&ckpt, &device, DType::F32)?;
+    Ok((model, device))
+}
+
+fn embed(args: EmbedArgs) -> Result<()> {
+    let (model, device) = load_model(&args.model, &args.device)?;
+    let embedder = Embedder { model: &model, device, batch_size: args.batch_size, normalize: !args.raw, progress: true };
+    let start = Instant::now();
+    if let Some(texts_path) = &args.texts {
+        let texts = embed::read_texts(texts_path)?;
+        if texts.is_empty() {
+            bail!("{}: no texts", texts_path.display());
+        }
+        let ctx = args.context_length.unwrap_or(model.text.context_length());
+        let out = embedder.embed_texts(&texts, ctx)?;
+        embed::write_npy(&out.features, &args.out)?;
+        let ids: String = (0..texts.len()).map(|i| format!("{i}\n")).collect();
+        export::write_atomic(&embed::sidecar(&args.out, "ids.txt"), ids.as_bytes())?;
+        eprintln!("{} -> {}", embed::summary("texts", texts.len(), start), args.out.display());
+        for &i in &out.empty {
+            eprintln!("warning: {}: row {i} is empty", texts_path.display());
+        }
+        warn_truncated(&out.truncated, ctx);
+        return Ok(());
+    }
+    let images_path = args.images.as_ref().context("give --texts or --images")?;
+    let paths = embed::list_images(images_path)?;
+    if paths.is_empty() {
+        bail!("{}: no images found (jpg, jpeg, png, webp, gif, bmp, tif, tiff)", images_path.display());
+    }
+    let out = embedder.embed_images(&paths)?;
+    report_skipped(&out.skipped, &args.out)?;
+    if out.paths.is_empty() {
+        bail!("none of the {} images could be embedded", paths.len());
+    }
+    embed::write_npy(&out.features, &args.out)?;
+    let ids: String = out.paths.iter().map(|p| format!("{}\n", p.display())).collect();
+    export::write_atomic(&embed::sidecar(&args.out, "ids.txt"), ids.as_bytes())?;
+    eprintln!(
+        "{}, skipped {} -> {}",
+        embed::summary("images", out.paths.len(), start),
+        out.skipped.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn report_skipped(skipped: &[(PathBuf, String)], out: &Path) -> Result<()> {
+    if skipped.is_empty() {
+        return Ok(());
+    }
+    let list: String = skipped.iter().map(|(p, why)| format!("{}\t{}\n", p.display(), why.replace('\n', " "))).collect();
+    let path = embed::sidecar(out, "skipped.txt");
+    export::write_atomic(&path, list.as_bytes())?;
+    for (p, why) in skipped {
+        eprintln!("skipped {}: {why}", p.display());
+    }
+    eprintln!("{} images skipped, listed in {}", skipped.len(), path.display());
+    Ok(())
+}
+
+fn warn_truncated(rows: &[usize], context_length: usize) {
+    if rows.is_empty() {
+        return;
+    }
+    let shown: Vec<String> = rows.iter().take(10).map(|r| r.to_string()).collect();
+    let more = if rows.len() > 10 { ", ..." } else { "" };
+    eprintln!(
+        "warning: {} texts were longer than {context_length} tokens and were truncated (rows {}{more})",
+        rows.len(),
+        shown.join(", ")
+    );
+}
+
+fn similarity(model_path: &Path, images: &Path, texts: &Path, device: &str) -> Result<()> {
+    let (model, device) = load_model(model_path, device)?;
+    let embedder = Embedder { model: &model, device, batch_size: 32, normalize: true, progress: false };
+    let texts = embed::read_texts(texts)?;
+    let paths = embed::list_images(images)?;
+    let t = embedder.embed_texts(&texts, model.text.context_length())?;
+    let i = embedder.embed_images(&paths)?;
+    for (p, why) in &i.skipped {
+        eprintln!("skipped {}: {why}", p.display());
+    }
+    let sims = i.features.matmul(&t.features.t()?)?.to_vec2::<f32>()?;
+    print_similarity_table(&i.paths, &texts, &sims);
+    Ok(())
+}
+
+fn print_similarity_table(paths: &[PathBuf], texts: &[String], sims: &[Vec<f32>]) {
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .collect();
+    let w = names.iter().map(String::len).max().unwrap_or(5).max(5);
+    print!("{:w$}", "image");
+    for j in 0..texts.len() {
+        print!("  text{j:<3}");
+    }
+    println!();
+    for (name, row) in names.iter().zip(sims) {
+        print!("{name:w$}");
+        let best = row.iter().cloned().fold(f32::MIN, f32::max);
+        for &s in row {
+            let mark = if s == best { '*' } else { ' ' };
+            print!("  {s:+.3}{mark}");
+        }
+        println!();
+    }
+    println!();
+    for (j, t) in texts.iter().enumerate() {
+        let short: String = t.chars().take(90).collect();
+        let dots = if t.chars().count() > 90 { "..." } else { "" };
+        println!("text{j}: {short}{dots}");
+    }
+}
+
+fn info(ckpt: &Checkpoint, json: bool) -> Result<()> {
+    let c = &ckpt.config;
+    if json {
+        let value = serde_json::json!({
+            "path": ckpt.path.display().to_string(),
+            "format": ckpt.format.to_string(),
+            "long_clip": ckpt.is_long_clip(),
+            "config": c,
+            "dtypes": ckpt.dtype_counts(),
+            "parameters": ckpt.parameter_count(),
+            "ignored_keys": ckpt.ignored,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let kind = if ckpt.is_long_clip() { "Long-CLIP (positional_embedding + positional_embedding_res)" } else { "CLIP (one positional table)" };
+    println!("file        {}", ckpt.path.display());
+    println!("format      {}", ckpt.format);
+    println!("model       {kind}");
+    println!("embed dim   {}", c.embed_dim);
+    println!(
+        "text        width {}, layers {}, heads {}, mlp {}, positions {}, vocab {}",
+        c.text.width, c.text.layers, c.text.heads, c.text.mlp_width, c.text.context_length, c.text.vocab_size
+    );
+    println!(
+        "vision      ViT width {}, layers {}, heads {}, mlp {}, patch {}, resolution {}",
+        c.vision.width, c.vision.layers, c.vision.heads, c.vision.mlp_width, c.vision.patch_size, c.vision.image_size
+    );
+    println!("activation  {:?}", c.activation);
+    let dtypes: Vec<String> = ckpt.dtype_counts().iter().map(|(d, n)| format!("{d} x{n}")).collect();
+    println!("dtypes      {}", dtypes.join(", "));
+    println!("parameters  {}", ckpt.parameter_count());
+    if !ckpt.ignored.is_empty() {
+        println!("ignored     {}", ckpt.ignored.join(", "));
+    }
+    Ok(())
+}
+
+/// For `main`: runs and turns errors into `longclip: ...` on stderr.
+pub fn main_entry() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("longclip: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

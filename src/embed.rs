@@ -1,0 +1,245 @@
+//! The embedding pipeline: text and image inputs -> batches -> features.
+//!
+//! Texts are tokenized in parallel, sorted by length and encoded in batches
+//! padded only to their longest member. Images are decoded and preprocessed
+//! on all cores for the next batch while the model encodes the current one;
+//! an image that fails is skipped and reported, never fatal.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::model::{l2_normalize, LongClip};
+use crate::preprocess::{is_image_path, Transform};
+use crate::tokenizer::Tokenizer;
+
+/// Reads texts: `.json` (array of strings), `.jsonl` (a string or an object
+/// with "text" or "caption" per line) or anything else as one text per line.
+pub fn read_texts(path: &Path) -> Result<Vec<String>> {
+    let data = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "json" => read_json_texts(&data, path),
+        "jsonl" => data
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| jsonl_text(l).with_context(|| format!("{}:{}", path.display(), i + 1)))
+            .collect(),
+        _ => Ok(data.lines().map(str::to_string).collect()),
+    }
+}
+
+fn read_json_texts(data: &str, path: &Path) -> Result<Vec<String>> {
+    let value: serde_json::Value = serde_json::from_str(data)
+        .with_context(|| format!("{}: invalid JSON", path.display()))?;
+    let items = value.as_array().with_context(|| format!("{}: expected a JSON array of strings", path.display()))?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v.as_str() {
+            Some(s) => Ok(s.to_string()),
+            None => bail!("{}: item {i} is not a string", path.display()),
+        })
+        .collect()
+}
+
+fn jsonl_text(line: &str) -> Result<String> {
+    let value: serde_json::Value = serde_json::from_str(line).context("invalid JSON")?;
+    if let Some(s) = value.as_str() {
+        return Ok(s.to_string());
+    }
+    ["text", "caption"]
+        .iter()
+        .find_map(|k| value.get(*k).and_then(|v| v.as_str()))
+        .map(str::to_string)
+        .context("expected a string or an object with a \"text\" or \"caption\" string")
+}
+
+/// Lists images: a directory (recursively, sorted by path), a single image,
+/// or a text file with one path per line (relative to the current directory).
+pub fn list_images(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        let mut out = Vec::new();
+        walk_images(path, &mut out)?;
+        out.sort();
+        return Ok(out);
+    }
+    if is_image_path(path) {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let list = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read image list", path.display()))?;
+    Ok(list.lines().map(str::trim).filter(|l| !l.is_empty()).map(PathBuf::from).collect())
+}
+
+fn walk_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("{}: cannot list directory", dir.display()))?;
+    for entry in entries {
+        let path = entry.with_context(|| format!("{}: cannot list directory", dir.display()))?.path();
+        if path.is_dir() {
+            walk_images(&path, out)?;
+        } else if is_image_path(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Features in input order, and what happened on the way.
+pub struct TextEmbeddings {
+    pub features: Tensor,
+    /// Rows longer than the context, cut to it (EOT kept).
+    pub truncated: Vec<usize>,
+    pub empty: Vec<usize>,
+}
+
+pub struct ImageEmbeddings {
+    pub features: Tensor,
+    /// The images behind each row, in input order.
+    pub paths: Vec<PathBuf>,
+    /// Images that could not be used, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+pub struct Embedder<'a> {
+    pub model: &'a LongClip,
+    pub device: Device,
+    pub batch_size: usize,
+    pub normalize: bool,
+    pub progress: bool,
+}
+
+impl Embedder<'_> {
+    pub fn embed_texts(&self, texts: &[String], context_length: usize) -> Result<TextEmbeddings> {
+        if context_length > self.model.text.context_length() {
+            bail!(
+                "context length {context_length} exceeds the model's {} positions",
+                self.model.text.context_length()
+            );
+        }
+        let encodings = Tokenizer::global().encode_batch(texts, context_length)?;
+        let truncated = (0..texts.len()).filter(|&i| encodings[i].truncated).collect();
+        let empty = (0..texts.len()).filter(|&i| texts[i].trim().is_empty()).collect();
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| encodings[i].ids.len());
+        let bar = self.bar(texts.len() as u64, "texts");
+        let mut parts = Vec::new();
+        for chunk in order.chunks(self.batch_size.max(1)) {
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| encodings[i].ids.clone()).collect();
+            parts.push(self.model.text.encode(&batch)?);
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        let features = unsort(parts, &order, &self.device)?;
+        Ok(TextEmbeddings { features: self.finish(features)?, truncated, empty })
+    }
+
+    /// Preprocesses the next batch on all cores while this thread encodes.
+    pub fn embed_images(&self, paths: &[PathBuf]) -> Result<ImageEmbeddings> {
+        let transform = Transform::clip(self.model.vision.image_size());
+        let batch = self.batch_size.max(1);
+        let bar = self.bar(paths.len() as u64, "images");
+        let (tx, rx) = mpsc::sync_channel::<Vec<(usize, Result<Vec<f32>>)>>(1);
+        let mut parts = Vec::new();
+        let mut kept = Vec::new();
+        let mut skipped = Vec::new();
+        let transform_ref = &transform;
+        std::thread::scope(|scope| -> Result<()> {
+            scope.spawn(move || {
+                for (c, chunk) in paths.chunks(batch).enumerate() {
+                    let results = transform_ref.batch_from_paths(chunk);
+                    let numbered = results.into_iter().enumerate().map(|(i, r)| (c * batch + i, r)).collect();
+                    if tx.send(numbered).is_err() {
+                        break;
+                    }
+                }
+                drop(tx);
+            });
+            for results in rx.iter() {
+                let mut pixels = Vec::new();
+                let n = results.len();
+                for (i, r) in results {
+                    match r {
+                        Ok(p) => {
+                            pixels.extend_from_slice(&p);
+                            kept.push(i);
+                        }
+                        Err(e) => skipped.push((paths[i].clone(), format!("{e:#}"))),
+                    }
+                }
+                if !pixels.is_empty() {
+                    let size = transform.size;
+                    let count = pixels.len() / (3 * size * size);
+                    let t = Tensor::from_vec(pixels, (count, 3, size, size), &self.device)?;
+                    parts.push(self.model.vision.encode(&t)?);
+                }
+                bar.inc(n as u64);
+            }
+            Ok(())
+        })?;
+        bar.finish_and_clear();
+        let features = if parts.is_empty() {
+            Tensor::zeros((0, self.model.config.embed_dim), candle_core::DType::F32, &self.device)?
+        } else {
+            Tensor::cat(&parts, 0)?
+        };
+        let paths = kept.into_iter().map(|i| paths[i].clone()).collect();
+        Ok(ImageEmbeddings { features: self.finish(features)?, paths, skipped })
+    }
+
+    fn finish(&self, features: Tensor) -> Result<Tensor> {
+        let features = features.to_dtype(candle_core::DType::F32)?;
+        if self.normalize && features.dim(0)? > 0 {
+            return l2_normalize(&features);
+        }
+        Ok(features)
+    }
+
+    fn bar(&self, len: u64, what: &str) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        let style = format!("{{bar:40}} {{pos}}/{{len}} {what} ({{per_sec}}, ETA {{eta}})");
+        bar.set_style(ProgressStyle::with_template(&style).expect("valid template"));
+        bar
+    }
+}
+
+/// Batches were encoded in length order; put rows back in input order.
+fn unsort(parts: Vec<Tensor>, order: &[usize], device: &Device) -> Result<Tensor> {
+    let sorted = Tensor::cat(&parts, 0)?;
+    let mut inverse = vec![0u32; order.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        inverse[i] = pos as u32;
+    }
+    let index = Tensor::from_vec(inverse, order.len(), device)?;
+    Ok(sorted.index_select(&index, 0)?)
+}
+
+/// Writes a float32 `.npy` [N, D] atomically.
+pub fn write_npy(features: &Tensor, path: &Path) -> Result<()> {
+    let tmp = crate::export::temp_path(path);
+    features
+        .to_dtype(candle_core::DType::F32)?
+        .to_device(&Device::Cpu)?
+        .write_npy(&tmp)
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))
+}
+
+/// `OUT.npy` -> `OUT.ids.txt`, `OUT.skipped.txt`.
+pub fn sidecar(out: &Path, suffix: &str) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    out.with_file_name(format!("{stem}.{suffix}"))
+}
+
+/// A closing line with throughput, e.g. "embedded 1000 images in 12.3 s (81.3/s)".
+pub fn summary(what: &str, count: usize, start: Instant) -> String {
+    let secs = start.elapsed().as_secs_f64();
+    format!("embedded {count} {what} in {secs:.2} s ({:.1}/s)", count as f64 / secs.max(1e-9))
+}

@@ -1,0 +1,147 @@
+//! Writing checkpoints: our safetensors (official names, config in the
+//! metadata) and Hugging Face `CLIPModel` directories with the two
+//! positional tables merged into one. Every write goes to a temporary name
+//! first and is renamed into place, so a reader never sees half a file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use serde_json::json;
+
+use crate::checkpoint::{official_to_hf, Activation, Checkpoint, CONFIG_METADATA_KEY};
+use crate::tokenizer::{Tokenizer, EOT, SOT};
+
+/// A sibling path that the final rename replaces: `dir/.name.tmp-PID`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes bytes to `path` atomically (temporary file, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))
+}
+
+fn write_safetensors(tensors: Vec<(String, Tensor)>, metadata: HashMap<String, String>, path: &Path) -> Result<()> {
+    let tmp = temp_path(path);
+    let views: Vec<(String, Tensor)> =
+        tensors.into_iter().map(|(k, t)| Ok((k, t.contiguous()?))).collect::<Result<_>>()?;
+    safetensors::serialize_to_file(views, Some(metadata), &tmp)
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))
+}
+
+/// Our own format: official names in their stored dtypes, and the config
+/// (heads included) in the metadata so nothing has to be guessed on load.
+pub fn save_checkpoint(ckpt: &Checkpoint, path: &Path) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = ckpt.tensors.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut meta = HashMap::new();
+    meta.insert(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(&ckpt.config)?);
+    meta.insert("format".to_string(), "pt".to_string());
+    meta.insert("longclip.source".to_string(), ckpt.path.display().to_string());
+    write_safetensors(tensors, meta, path)
+}
+
+/// A Hugging Face `CLIPModel` directory: config.json, model.safetensors and
+/// the CLIP tokenizer files. `dtype` is the storage type of every tensor.
+pub fn write_hf_dir(ckpt: &Checkpoint, dir: &Path, dtype: DType) -> Result<()> {
+    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{}: already exists and is not empty", dir.display());
+    }
+    let tmp = temp_path(dir);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    let tensors = official_to_hf(ckpt)?
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors(tensors, meta, &tmp.join("model.safetensors"))?;
+    let config = serde_json::to_string_pretty(&hf_config(ckpt, dtype))?;
+    std::fs::write(tmp.join("config.json"), config)?;
+    write_tokenizer_files(&tmp, ckpt.config.text.context_length)?;
+    if dir.exists() {
+        std::fs::remove_dir(dir)?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| format!("{}: cannot rename into place", dir.display()))
+}
+
+fn hf_config(ckpt: &Checkpoint, dtype: DType) -> serde_json::Value {
+    let c = &ckpt.config;
+    let act = match c.activation {
+        Activation::QuickGelu => "quick_gelu",
+        Activation::Gelu => "gelu",
+    };
+    let torch_dtype = match dtype {
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        _ => "float32",
+    };
+    json!({
+        "architectures": ["CLIPModel"],
+        "model_type": "clip",
+        "projection_dim": c.embed_dim,
+        "logit_scale_init_value": 2.6592,
+        "initializer_factor": 1.0,
+        "torch_dtype": torch_dtype,
+        "text_config": {
+            "model_type": "clip_text_model",
+            "hidden_size": c.text.width,
+            "intermediate_size": c.text.mlp_width,
+            "num_attention_heads": c.text.heads,
+            "num_hidden_layers": c.text.layers,
+            "max_position_embeddings": c.text.context_length,
+            "vocab_size": c.text.vocab_size,
+            "hidden_act": act,
+            "layer_norm_eps": 1e-5,
+            "bos_token_id": SOT,
+            "eos_token_id": EOT,
+            "pad_token_id": EOT,
+            "projection_dim": c.embed_dim,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": c.vision.width,
+            "intermediate_size": c.vision.mlp_width,
+            "num_attention_heads": c.vision.heads,
+            "num_hidden_layers": c.vision.layers,
+            "image_size": c.vision.image_size,
+            "patch_size": c.vision.patch_size,
+            "num_channels": 3,
+            "hidden_act": act,
+            "layer_norm_eps": 1e-5,
+            "projection_dim": c.embed_dim,
+        },
+    })
+}
+
+/// vocab.json + merges.txt (what `CLIPTokenizer` reads) and its configs.
+fn write_tokenizer_files(dir: &Path, context_length: usize) -> Result<()> {
+    let tok = Tokenizer::global();
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        tok.vocabulary().iter().enumerate().map(|(i, s)| (s.clone(), json!(i))).collect();
+    std::fs::write(dir.join("vocab.json"), serde_json::to_string(&vocab)?)?;
+    let mut merges = String::from("#version: 0.2\n");
+    for (a, b) in tok.merges() {
+        merges.push_str(&format!("{a} {b}\n"));
+    }
+    std::fs::write(dir.join("merges.txt"), merges)?;
+    let special = json!({
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    });
+    std::fs::write(dir.join("special_tokens_map.json"), serde_json::to_string_pretty(&special)?)?;
+    let mut config = special;
+    config["tokenizer_class"] = json!("CLIPTokenizer");
+    config["model_max_length"] = json!(context_length);
+    config["do_lower_case"] = json!(true);
+    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&config)?)?;
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! The Long-CLIP model: a causal text transformer pooled at EOT and a ViT
+//! image tower, as in the official `model_longclip.py`, built from a
+//! [`Checkpoint`] with official tensor names.
+//!
+//! Texts are encoded at the length of their batch, not at 248: the mask is
+//! causal, so padding after EOT cannot change the pooled feature.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, LayerNorm, Linear};
+
+use crate::checkpoint::{Activation, Checkpoint, Config};
+
+const LN_EPS: f64 = 1e-5;
+
+/// Loads tensors of one checkpoint onto a device in the compute dtype.
+struct Loader<'a> {
+    ckpt: &'a Checkpoint,
+    device: &'a Device,
+    dtype: DType,
+}
+
+impl Loader<'_> {
+    fn get(&self, key: &str) -> Result<Tensor> {
+        Ok(self.ckpt.get(key)?.to_dtype(self.dtype)?.to_device(self.device)?)
+    }
+
+    fn linear(&self, weight: &str, bias: &str) -> Result<Linear> {
+        Ok(Linear::new(self.get(weight)?, Some(self.get(bias)?)))
+    }
+
+    /// Layer norms stay in f32 like the official `LayerNorm` subclass.
+    fn layer_norm(&self, prefix: &str) -> Result<LayerNorm> {
+        let w = self.ckpt.get(&format!("{prefix}.weight"))?.to_dtype(DType::F32)?.to_device(self.device)?;
+        let b = self.ckpt.get(&format!("{prefix}.bias"))?.to_dtype(DType::F32)?.to_device(self.device)?;
+        Ok(LayerNorm::new(w, b, LN_EPS))
+    }
+}
+
+fn layer_norm(ln: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    Ok(ln.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
+}
+
+struct Attention {
+    in_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn load(l: &Loader, p: &str, width: usize, heads: usize) -> Result<Self> {
+        Ok(Self {
+            in_proj: l.linear(&format!("{p}.in_proj_weight"), &format!("{p}.in_proj_bias"))?,
+            out_proj: l.linear(&format!("{p}.out_proj.weight"), &format!("{p}.out_proj.bias"))?,
+            heads,
+            scale: 1.0 / ((width / heads) as f64).sqrt(),
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, l, w) = x.dims3()?;
+        let hd = w / self.heads;
+        let qkv = self.in_proj.forward(x)?.reshape((b, l, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
+        let q = (qkv.get(0)?.contiguous()? * self.scale)?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, w))?;
+        Ok(self.out_proj.forward(&out)?)
+    }
+}
+
+struct Block {
+    ln_1: LayerNorm,
+    attn: Attention,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    c_proj: Linear,
+    activation: Activation,
+}
+
+impl Block {
+    fn load(l: &Loader, p: &str, width: usize, heads: usize, activation: Activation) -> Result<Self> {
+        Ok(Self {
+            ln_1: l.layer_norm(&format!("{p}.ln_1"))?,
+            attn: Attention::load(l, &format!("{p}.attn"), width, heads)?,
+            ln_2: l.layer_norm(&format!("{p}.ln_2"))?,
+            c_fc: l.linear(&format!("{p}.mlp.c_fc.weight"), &format!("{p}.mlp.c_fc.bias"))?,
+            c_proj: l.linear(&format!("{p}.mlp.c_proj.weight"), &format!("{p}.mlp.c_proj.bias"))?,
+            activation,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&layer_norm(&self.ln_1, x)?, mask)?)?;
+        let h = self.c_fc.forward(&layer_norm(&self.ln_2, &x)?)?;
+        let h = match self.activation {
+            Activation::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
+            Activation::Gelu => h.gelu_erf()?,
+        };
+        Ok((x + self.c_proj.forward(&h)?)?)
+    }
+}
+
+fn load_blocks(l: &Loader, prefix: &str, layers: usize, width: usize, heads: usize, act: Activation) -> Result<Vec<Block>> {
+    (0..layers).map(|i| Block::load(l, &format!("{prefix}{i}"), width, heads, act)).collect()
+}
+
+pub struct TextEncoder {
+    token_embedding: Embedding,
+    positions: Tensor,
+    blocks: Vec<Block>,
+    ln_final: LayerNorm,
+    projection: Tensor,
+    context_length: usize,
+    device: Device,
+    dtype: DType,
+}
+
+impl TextEncoder {
+    fn load(l: &Loader) -> Result<Self> {
+        let c = &l.ckpt.config.text;
+        let positions = l.ckpt.text_positions()?.to_dtype(l.dtype)?.to_device(l.device)?;
+        Ok(Self {
+            token_embedding: Embedding::new(l.get("token_embedding.weight")?, c.width),
+            positions,
+            blocks: load_blocks(l, "transformer.resblocks.", c.layers, c.width, c.heads, l.ckpt.config.activation)?,
+            ln_final: l.layer_norm("ln_final")?,
+            projection: l.get("text_projection")?,
+            context_length: c.context_length,
+            device: l.device.clone(),
+            dtype: l.dtype,
+        })
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// Encodes token sequences (each SOT..EOT, unpadded) into unnormalized
+    /// features [N, E]. All sequences run as one batch padded to the longest.
+    pub fn encode(&self, batch: &[Vec<u32>]) -> Result<Tensor> {
+        let len = batch.iter().map(Vec::len).max().context("empty text batch")?;
+        if len > self.context_length {
+            bail!("a sequence of {len} tokens exceeds the model's {} positions", self.context_length);
+        }
+        let mut ids = vec![0u32; batch.len() * len];
+        let mut pool = Vec::with_capacity(batch.len());
+        for (i, seq) in batch.iter().enumerate() {
+            ids[i * len..i * len + seq.len()].copy_from_slice(seq);
+            pool.push((i * len + eot_position(seq)) as u32);
+        }
+        let ids = Tensor::from_vec(ids, (batch.len(), len), &self.device)?;
+        let x = self.token_embedding.forward(&ids)?;
+        let mut x = x.broadcast_add(&self.positions.narrow(0, 0, len)?)?;
+        let mask = causal_mask(len, self.dtype, &self.device)?;
+        for block in &self.blocks {
+            x = block.forward(&x, Some(&mask))?;
+        }
+        let x = layer_norm(&self.ln_final, &x)?;
+        let width = x.dim(D::Minus1)?;
+        let pool = Tensor::from_vec(pool, batch.len(), &self.device)?;
+        let pooled = x.reshape((batch.len() * len, width))?.index_select(&pool, 0)?;
+        Ok(pooled.matmul(&self.projection)?)
+    }
+}
+
+/// Where the official code pools: `text.argmax(-1)`, the first occurrence of
+/// the largest id, which is the first EOT.
+fn eot_position(seq: &[u32]) -> usize {
+    let max = seq.iter().copied().max().unwrap_or(0);
+    seq.iter().position(|&t| t == max).unwrap_or(0)
+}
+
+fn causal_mask(len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..len)
+        .flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (len, len), device)?.to_dtype(dtype)?)
+}
+
+pub struct VisionEncoder {
+    patch_weight: Tensor,
+    class_embedding: Tensor,
+    positions: Tensor,
+    ln_pre: LayerNorm,
+    blocks: Vec<Block>,
+    ln_post: LayerNorm,
+    projection: Tensor,
+    patch_size: usize,
+    image_size: usize,
+    dtype: DType,
+}
+
+impl VisionEncoder {
+    fn load(l: &Loader) -> Result<Self> {
+        let c = &l.ckpt.config.vision;
+        // conv1 has stride = kernel: a matmul over flattened patches.
+        let patch_weight = l.get("visual.conv1.weight")?.reshape((c.width, 3 * c.patch_size * c.patch_size))?.t()?.contiguous()?;
+        Ok(Self {
+            patch_weight,
+            class_embedding: l.get("visual.class_embedding")?.reshape((1, 1, c.width))?,
+            positions: l.get("visual.positional_embedding")?,
+            ln_pre: l.layer_norm("visual.ln_pre")?,
+            blocks: load_blocks(l, "visual.transformer.resblocks.", c.layers, c.width, c.heads, l.ckpt.config.activation)?,
+            ln_post: l.layer_norm("visual.ln_post")?,
+            projection: l.get("visual.proj")?,
+            patch_size: c.patch_size,
+            image_size: c.image_size,
+            dtype: l.dtype,
+        })
+    }
+
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    /// Encodes normalized pixels [N, 3, R, R] into unnormalized features [N, E].
+    pub fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = pixels.dims4()?;
+        if c != 3 || h != self.image_size || w != self.image_size {
+            bail!("expected pixels [N, 3, {r}, {r}], got {:?}", pixels.dims(), r = self.image_size);
+        }
+        let (p, g) = (self.patch_size, self.image_size / self.patch_size);
+        let patches = pixels
+            .to_dtype(self.dtype)?
+            .reshape((n, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((n * g * g, 3 * p * p))?;
+        let width = self.patch_weight.dim(1)?;
+        let x = patches.matmul(&self.patch_weight)?.reshape((n, g * g, width))?;
+        let cls = self.class_embedding.broadcast_as((n, 1, width))?;
+        let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.positions)?;
+        let mut x = layer_norm(&self.ln_pre, &x)?;
+        for block in &self.blocks {
+            x = block.forward(&x, None)?;
+        }
+        let cls = layer_norm(&self.ln_post, &x.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?)?;
+        Ok(cls.matmul(&self.projection)?)
+    }
+}
+
+/// Both towers and the logit scale.
+pub struct LongClip {
+    pub text: TextEncoder,
+    pub vision: VisionEncoder,
+    pub logit_scale: f32,
+    pub config: Config,
+}
+
+impl LongClip {
+    pub fn new(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Self> {
+        let loader = Loader { ckpt, device, dtype };
+        let logit_scale = match ckpt.tensors.get("logit_scale") {
+            Some(t) => t.to_dtype(DType::F32)?.flatten_all()?.get(0)?.to_scalar::<f32>()?,
+            None => (1.0f32 / 0.07).ln(),
+        };
+        Ok(Self {
+            text: TextEncoder::load(&loader)?,
+            vision: VisionEncoder::load(&loader)?,
+            logit_scale,
+            config: ckpt.config.clone(),
+        })
+    }
+
+    /// `logit_scale.exp() * normalize(image) @ normalize(text).T`, [images, texts].
+    pub fn logits_per_image(&self, image_features: &Tensor, text_features: &Tensor) -> Result<Tensor> {
+        let i = l2_normalize(image_features)?;
+        let t = l2_normalize(text_features)?;
+        Ok((i.matmul(&t.t()?)? * (self.logit_scale as f64).exp())?)
+    }
+}
+
+/// Rows divided by their L2 norm.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    Ok(x.broadcast_div(&norm)?)
+}
+
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn device(name: &str) -> Result<Device> {
+    let name = name.trim().to_lowercase();
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let Some(rest) = name.strip_prefix("cuda") else {
+        bail!("unknown device '{name}' (expected cpu, cuda or cuda:N)");
+    };
+    let ordinal = match rest.strip_prefix(':') {
+        Some(n) => n.parse::<usize>().with_context(|| format!("bad CUDA device number in '{name}'"))?,
+        None if rest.is_empty() => 0,
+        None => bail!("unknown device '{name}' (expected cpu, cuda or cuda:N)"),
+    };
+    if !candle_core::utils::cuda_is_available() {
+        bail!(
+            "this longclip was built without CUDA; build it with `cargo build --release --features cuda` \
+             (see scripts/build-cuda.sh) to use --device {name}"
+        );
+    }
+    Ok(Device::new_cuda(ordinal)?)
+}

@@ -1,0 +1,67 @@
+//! Shared helpers for the integration tests: fixture paths, the reference
+//! tensors from the official PyTorch code, and comparisons.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
+}
+
+/// `expected.safetensors`: the official outputs (see MANIFEST.json).
+pub fn expected() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture("expected.safetensors"), &Device::Cpu).expect("expected.safetensors")
+}
+
+pub fn manifest() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("MANIFEST.json")).unwrap()).unwrap()
+}
+
+/// Official token ids of the fixture captions, zero padding removed.
+pub fn reference_ids(key: &str) -> Vec<Vec<u32>> {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tokenizer.json")).unwrap()).unwrap();
+    json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let ids: Vec<u32> = row[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let end = ids.iter().rposition(|&t| t != 0).map_or(0, |p| p + 1);
+            ids[..end].to_vec()
+        })
+        .collect()
+}
+
+pub fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    t.to_dtype(candle_core::DType::F32).unwrap().to_vec2::<f32>().unwrap()
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Asserts every row pair has cosine >= `min`; returns the smallest cosine.
+pub fn assert_rows_cosine(what: &str, ours: &Tensor, reference: &Tensor, min: f64) -> f64 {
+    let (a, b) = (rows(ours), rows(reference));
+    assert_eq!(a.len(), b.len(), "{what}: row counts differ");
+    let mut worst = 1.0f64;
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        let c = cosine(x, y);
+        assert!(c >= min, "{what}: row {i} cosine {c:.7} < {min}");
+        worst = worst.min(c);
+    }
+    eprintln!("{what}: min cosine {worst:.8} over {} rows", a.len());
+    worst
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a.to_dtype(candle_core::DType::F32).unwrap() - b.to_dtype(candle_core::DType::F32).unwrap()).unwrap();
+    d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
