@@ -1,0 +1,193 @@
+//! The `longclip` binary end to end: the exact command forms scripts rely on,
+//! outputs in input order, and bad input reported without panics.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::Tensor;
+use common::*;
+
+fn longclip(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_longclip")).args(args).output().expect("runs")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = longclip(args);
+    assert!(out.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = longclip(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    stderr
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn model() -> PathBuf {
+    fixture("tiny-longclip.pt")
+}
+
+#[test]
+fn tokenize_prints_official_ids_unpadded() {
+    let out = ok(&["tokenize", "--texts", s(&fixture("captions.json"))]);
+    let ids: Vec<Vec<u32>> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids, reference_ids("ids_248"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ids.json");
+    let out = ok(&["tokenize", "--texts", s(&fixture("captions.json")), "--context-length", "77", "--out", s(&path)]);
+    let ids: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(ids, reference_ids("ids_77"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"));
+}
+
+#[test]
+fn embed_texts_writes_normalized_features_in_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("text.npy");
+    ok(&["embed", "--model", s(&model()), "--texts", s(&fixture("captions.json")), "--out", s(&out), "--batch-size", "5"]);
+    let ours = Tensor::read_npy(&out).unwrap();
+    assert_eq!(ours.dims(), &[24, 64]);
+    let want = longclip::model::l2_normalize(&expected()["longclip.text_features"]).unwrap();
+    assert!(max_abs_diff(&ours, &want) < 1e-4);
+    let ids = std::fs::read_to_string(dir.path().join("text.ids.txt")).unwrap();
+    assert_eq!(ids.lines().count(), 24);
+
+    let raw = dir.path().join("raw.npy");
+    ok(&["embed", "--model", s(&model()), "--texts", s(&fixture("captions.json")), "--out", s(&raw), "--raw"]);
+    assert_rows_cosine("cli raw", &Tensor::read_npy(&raw).unwrap(), &expected()["longclip.text_features"], 0.9999);
+}
+
+#[test]
+fn embed_texts_at_77_matches_the_official_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t77.npy");
+    let run = ok(&["embed", "--model", s(&model()), "--texts", s(&fixture("captions.json")), "--out", s(&out), "--context-length", "77", "--raw"]);
+    assert_rows_cosine("cli trunc77", &Tensor::read_npy(&out).unwrap(), &expected()["longclip.text_features_trunc77"], 0.9999);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("truncated"), "{stderr}");
+    assert!(stderr.contains("row 19 is empty"), "{stderr}");
+}
+
+#[test]
+fn embed_reads_jsonl_and_txt_and_names_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("t.jsonl");
+    std::fs::write(&jsonl, "\"a cat\"\n{\"caption\": \"a dog\"}\n\n{\"text\": \"a bird\", \"id\": 3}\n").unwrap();
+    let out = dir.path().join("j.npy");
+    ok(&["embed", "--model", s(&model()), "--texts", s(&jsonl), "--out", s(&out)]);
+    assert_eq!(Tensor::read_npy(&out).unwrap().dims(), &[3, 64]);
+
+    let txt = dir.path().join("t.txt");
+    std::fs::write(&txt, "a cat\na dog\n").unwrap();
+    ok(&["embed", "--model", s(&model()), "--texts", s(&txt), "--out", s(&out)]);
+    assert_eq!(Tensor::read_npy(&out).unwrap().dims(), &[2, 64]);
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "\"fine\"\n{\"nope\": 1}\n").unwrap();
+    let err = fails(&["embed", "--model", s(&model()), "--texts", s(&bad), "--out", s(&out)]);
+    assert!(err.contains("bad.jsonl:2"), "{err}");
+    let bad_json = dir.path().join("bad.json");
+    std::fs::write(&bad_json, "[\"ok\", 3]").unwrap();
+    let err = fails(&["embed", "--model", s(&model()), "--texts", s(&bad_json), "--out", s(&out)]);
+    assert!(err.contains("bad.json") && err.contains("item 1"), "{err}");
+}
+
+#[test]
+fn embed_images_skips_bad_files_and_lists_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(images.join("sub")).unwrap();
+    for f in std::fs::read_dir(fixture("images")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, images.join("sub").join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(images.join("empty.png"), b"").unwrap();
+    std::fs::write(images.join("notes.jpg"), b"not a jpeg").unwrap();
+    let png = std::fs::read(fixture("images/camera.png")).unwrap();
+    std::fs::write(images.join("cut.png"), &png[..png.len() / 3]).unwrap();
+    std::fs::write(images.join("readme.txt"), b"ignored: not an image extension").unwrap();
+
+    let out = dir.path().join("img.npy");
+    let run = ok(&["embed", "--model", s(&model()), "--images", s(&images), "--out", s(&out), "--batch-size", "4"]);
+    let features = Tensor::read_npy(&out).unwrap();
+    assert_eq!(features.dims(), &[6, 64]);
+    let ids: Vec<String> = std::fs::read_to_string(dir.path().join("img.ids.txt")).unwrap().lines().map(String::from).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "rows are in path order");
+    let skipped = std::fs::read_to_string(dir.path().join("img.skipped.txt")).unwrap();
+    assert_eq!(skipped.lines().count(), 3, "{skipped}");
+    for name in ["empty.png", "notes.jpg", "cut.png"] {
+        assert!(skipped.contains(name), "{name} not in {skipped}");
+    }
+    assert!(String::from_utf8_lossy(&run.stderr).contains("skipped 3"));
+
+    // The rows are the official image features of the same files.
+    let names = ["astronaut.png", "camera.png", "chelsea.png", "coffee.png", "logo.png", "rocket.jpg"];
+    let order = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "logo.png"];
+    let want = longclip::model::l2_normalize(&expected()["longclip.image_features"]).unwrap();
+    for (row, name) in names.iter().enumerate() {
+        assert!(ids[row].ends_with(name));
+        let r = order.iter().position(|n| n == name).unwrap();
+        let c = cosine(&rows(&features)[row], &rows(&want)[r]);
+        assert!(c > 0.999, "{name}: cosine {c}");
+    }
+}
+
+#[test]
+fn embed_images_from_a_list_and_nothing_usable_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, format!("{}\n{}\n", s(&fixture("images/rocket.jpg")), s(&fixture("images/logo.png")))).unwrap();
+    let out = dir.path().join("l.npy");
+    ok(&["embed", "--model", s(&model()), "--images", s(&list), "--out", s(&out)]);
+    assert_eq!(Tensor::read_npy(&out).unwrap().dims(), &[2, 64]);
+
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("a.jpg"), b"").unwrap();
+    let err = fails(&["embed", "--model", s(&model()), "--images", s(&bad), "--out", s(&out)]);
+    assert!(err.contains("none of the 1 images"), "{err}");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let err = fails(&["embed", "--model", s(&model()), "--images", s(&empty), "--out", s(&out)]);
+    assert!(err.contains("no images found"), "{err}");
+}
+
+#[test]
+fn stretch_convert_and_info_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let stretched = dir.path().join("long.safetensors");
+    ok(&["stretch", "--model", s(&fixture("tiny-clip77.pt")), "--out", s(&stretched)]);
+    let info = ok(&["info", "--model", s(&stretched), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["config"]["text"]["context_length"], 248);
+    assert_eq!(info["long_clip"], true);
+    let hf = dir.path().join("hf");
+    ok(&["convert", "--model", s(&stretched), "--out", s(&hf)]);
+    let text = String::from_utf8_lossy(&ok(&["info", "--model", s(&hf)]).stdout).into_owned();
+    assert!(text.contains("Hugging Face") && text.contains("positions 248"), "{text}");
+}
+
+#[test]
+fn bad_model_and_device_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.npy");
+    let err = fails(&["embed", "--model", "/no/such/model.pt", "--texts", s(&fixture("captions.json")), "--out", s(&out)]);
+    assert!(err.contains("/no/such/model.pt"), "{err}");
+    let err = fails(&["embed", "--model", s(&model()), "--texts", s(&fixture("captions.json")), "--out", s(&out), "--device", "cuda"]);
+    assert!(err.contains("--features cuda") || err.contains("CUDA"), "{err}");
+    let err = fails(&["embed", "--model", s(&model()), "--texts", s(&fixture("captions.json")), "--out", s(&out), "--context-length", "300"]);
+    assert!(err.contains("300"), "{err}");
+    let err = fails(&["embed", "--model", s(&model()), "--texts", "/no/such/texts.txt", "--out", s(&out)]);
+    assert!(err.contains("/no/such/texts.txt"), "{err}");
+    assert!(!out.exists(), "nothing written on failure");
+}
