@@ -133,9 +133,38 @@ impl Checkpoint {
         counts
     }
 
+    /// A format-independent identity: sha256 over every tensor's name, dtype,
+    /// shape and bytes in name order, so a `.pt` and its safetensors copy
+    /// agree. "sha256:" and 64 hex digits.
+    pub fn fingerprint(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut keys: Vec<&String> = self.tensors.keys().collect();
+        keys.sort();
+        let mut hash = Sha256::new();
+        for key in keys {
+            let t = &self.tensors[key];
+            hash.update(format!("{key}|{:?}|{:?}|", t.dtype(), t.dims()).as_bytes());
+            hash.update(tensor_bytes(t)?);
+        }
+        let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(format!("sha256:{hex}"))
+    }
+
     pub fn parameter_count(&self) -> usize {
         self.tensors.values().map(|t| t.elem_count()).sum()
     }
+}
+
+/// Raw little-endian bytes of a CPU tensor.
+fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let t = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => t.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::BF16 => t.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F64 => t.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        other => t.to_dtype(DType::F32).map_err(|e| anyhow::anyhow!("{other:?}: {e}"))?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    })
 }
 
 /// Loads a checkpoint from a file or a Hugging Face model directory.

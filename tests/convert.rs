@@ -138,3 +138,17 @@ fn convert_refuses_a_non_empty_directory() {
     assert!(err.to_string().contains("not empty"), "{err}");
     assert!(dir.path().join("keep.txt").exists());
 }
+
+#[test]
+fn fingerprint_follows_the_weights_not_the_file_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = checkpoint::load(&fixture("tiny-longclip.pt")).unwrap();
+    let path = dir.path().join("copy.safetensors");
+    save_checkpoint(&original, &path).unwrap();
+    let copy = checkpoint::load(&path).unwrap();
+    let fp = original.fingerprint().unwrap();
+    assert!(fp.starts_with("sha256:") && fp.len() == 7 + 64, "{fp}");
+    assert_eq!(fp, copy.fingerprint().unwrap());
+    let other = checkpoint::load(&fixture("tiny-clip77.pt")).unwrap();
+    assert_ne!(fp, other.fingerprint().unwrap());
+}
