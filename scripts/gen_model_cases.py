@@ -14,6 +14,7 @@ usage: python3 scripts/gen_model_cases.py [SHARED_DIR]
 needs: numpy, safetensors (pip install numpy safetensors)
 """
 import collections
+import copyreg
 import io
 import json
 import os
@@ -91,7 +92,52 @@ def stored_value(array, kind):
     return b.view("<f4").reshape(array.shape).astype(np.float64)
 
 
-def torch_save(path, tensors, kinds, fortran=(), nest_key=None):
+def script_class(qualname):
+    """A class pickle names as `qualname`, like TorchScript's `__torch__...` module classes."""
+    module_name, name = qualname.rsplit(".", 1)
+    parts = module_name.split(".")
+    for i in range(1, len(parts)):
+        sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+    module = sys.modules.setdefault(module_name, types.ModuleType(module_name))
+    if not hasattr(module, name):
+        cls = type(name, (), {"__module__": module_name, "__qualname__": name})
+        cls.__reduce_ex__ = lambda self, proto: (copyreg.__newobj__, (type(self),), self.state)
+        setattr(module, name, cls)
+    return getattr(module, name)
+
+
+def script_tree(state):
+    """Flat state dict -> nested module objects, as a TorchScript data.pkl holds them."""
+    root = collections.OrderedDict()
+    for name, value in state.items():
+        node = root
+        parts = name.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, collections.OrderedDict())
+        node[parts[-1]] = value
+
+    def build(node, qualname):
+        obj = script_class(qualname).__new__(script_class(qualname))
+        obj.state = collections.OrderedDict([("training", False)])
+        for key, value in node.items():
+            is_module = isinstance(value, collections.OrderedDict)
+            obj.state[key] = build(value, "__torch__.torch.nn.modules.module.Module") if is_module else value
+        return obj
+
+    return build(root, "__torch__.clip.model.CLIP")
+
+
+class FixedTimeZip:
+    """Entries with a fixed timestamp, so regenerated files are byte-identical."""
+
+    def __init__(self, zf):
+        self.zf = zf
+
+    def writestr(self, name, data):
+        self.zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+
+
+def torch_save(path, tensors, kinds, fortran=(), nest_key=None, torchscript=False):
     """tensors: name -> array; kinds: name -> storage kind; fortran: names stored transposed."""
     archive = os.path.splitext(os.path.basename(path))[0]
     state = collections.OrderedDict()
@@ -108,14 +154,20 @@ def torch_save(path, tensors, kinds, fortran=(), nest_key=None):
         state[name] = TensorRef(storage, shape, stride)
         blobs.append((str(i), to_bytes(data.reshape(-1), kind)))
     obj = {nest_key: state} if nest_key else state
+    if torchscript:
+        obj = script_tree(state)
     buf = io.BytesIO()
     Pickler(buf, protocol=2).dump(obj)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        z = FixedTimeZip(zf)
         z.writestr(f"{archive}/data.pkl", buf.getvalue())
         z.writestr(f"{archive}/byteorder", "little")
         for key, blob in blobs:
             z.writestr(f"{archive}/data/{key}", blob)
         z.writestr(f"{archive}/version", "3\n")
+        if torchscript:
+            z.writestr(f"{archive}/constants.pkl", pickle.dumps((), protocol=2))
+            z.writestr(f"{archive}/code/__torch__/clip/model.py", "class CLIP(Module):\n  pass\n")
 
 
 # ---------------------------------------------------------------------------
@@ -261,6 +313,10 @@ CASES = [
     dict(name="w128-bf16-mlp3", embed=64, vocab=400, ctx=248, long=True,
          text=dict(width=128, layers=2, mlp=384), vision=dict(width=128, layers=3, mlp=384, patch=4, res=16),
          kind="BFloat16Storage", fortran=(), nest=None),
+    # A TorchScript archive like OpenAI's released .pt: modules as nested objects.
+    dict(name="script-w64", embed=32, vocab=300, ctx=77, long=False,
+         text=dict(width=64, layers=1, mlp=256), vision=dict(width=64, layers=1, mlp=256, patch=8, res=16),
+         kind="HalfStorage", fortran=(), nest=None, torchscript=True),
 ]
 
 
@@ -341,7 +397,7 @@ def main():
         sd = make_weights(case, rng)
         kinds = {k: storage_kind(case, k) for k in sd}
         path = os.path.join(OUT, case["name"] + ".pt")
-        torch_save(path, sd, kinds, case["fortran"], case["nest"])
+        torch_save(path, sd, kinds, case["fortran"], case["nest"], case.get("torchscript", False))
         stored = {k: stored_value(a, kinds[k]) for k, a in sd.items()}
         ids = make_ids(case, rng)
         padded = [s + [0] * (case["ctx"] - len(s)) for s in ids]
@@ -359,6 +415,7 @@ def main():
                                     patch_size=v["patch"], image_size=v["res"]),
                         activation="quick_gelu"),
             long_clip=case["long"],
+            format="TorchScript" if case.get("torchscript") else "TorchStateDict",
             ids=ids,
             pixels=pixels.reshape(-1).tolist(),
             text_features=encode_text(stored, padded, t_heads).tolist(),

@@ -131,6 +131,7 @@ fn loader_infers_and_runs_other_shapes() {
         let want: Config = serde_json::from_value(case["config"].clone()).unwrap();
         assert_eq!(ckpt.config, want, "{name}: inferred config");
         assert_eq!(ckpt.is_long_clip(), case["long_clip"].as_bool().unwrap(), "{name}");
+        assert_eq!(format!("{:?}", ckpt.format), case["format"].as_str().unwrap(), "{name}: format");
         let model = LongClip::new(&ckpt, &Device::Cpu, DType::F32).unwrap();
         let ids: Vec<Vec<u32>> = serde_json::from_value(case["ids"].clone()).unwrap();
         let text = encode_in_batches(&model, &ids, 4);
