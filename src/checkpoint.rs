@@ -212,7 +212,7 @@ fn read_file(path: &Path) -> Result<(Format, Tensors, Metadata)> {
         bail!("{}: empty file", path.display());
     }
     if magic.starts_with(b"PK") {
-        return read_torch_zip(path).map(|(f, t)| (f, t, Metadata::default()));
+        return guarded(path, || read_torch_zip(path)).map(|(f, t)| (f, t, Metadata::default()));
     }
     if magic[0] == 0x80 {
         bail!(
@@ -222,12 +222,21 @@ fn read_file(path: &Path) -> Result<(Format, Tensors, Metadata)> {
         );
     }
     if is_safetensors_header(&magic) {
-        return read_safetensors(path);
+        return guarded(path, || read_safetensors(path));
     }
     bail!(
         "{}: not a checkpoint (expected a torch .pt zip, a .safetensors file or a Hugging Face model directory)",
         path.display()
     )
+}
+
+/// Third-party parsers must not take the process down on a hostile file:
+/// a panic inside them becomes an error naming the file.
+fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
+        Ok(result) => result,
+        Err(_) => bail!("{}: corrupt file (the parser gave up on it)", path.display()),
+    }
 }
 
 /// safetensors starts with a little-endian u64 header length then `{`.
@@ -359,7 +368,11 @@ fn read_tensor<R: std::io::Read + std::io::Seek>(
     let skip = layout.start_offset() as u64;
     std::io::copy(&mut (&mut entry).take(skip), &mut std::io::sink())?;
     let dims = layout.dims();
-    let mut bytes = vec![0u8; layout.shape().elem_count() * info.dtype.size_in_bytes()];
+    let need = layout.shape().elem_count() * info.dtype.size_in_bytes();
+    if (need as u64).saturating_add(skip) > entry.size() {
+        bail!("tensor of shape {dims:?} needs {need} bytes but its storage holds {}", entry.size());
+    }
+    let mut bytes = vec![0u8; need];
     entry.read_exact(&mut bytes).context("storage is shorter than the tensor")?;
     if !fortran {
         return Ok(Tensor::from_raw_buffer(&bytes, info.dtype, dims, &Device::Cpu)?);

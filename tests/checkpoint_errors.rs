@@ -108,3 +108,32 @@ fn a_directory_without_config_is_not_a_model() {
     let err = load_err(dir.path());
     assert!(err.contains("config.json"), "{err}");
 }
+
+/// Flipped bytes anywhere in a real checkpoint: an error or a load, never a panic.
+#[test]
+fn corrupted_checkpoints_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read(fixture("model_cases/script-w64.pt")).unwrap();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..60 {
+        let mut bytes = original.clone();
+        for _ in 0..(1 + i % 4) {
+            let at = (next() as usize) % bytes.len();
+            bytes[at] = next() as u8;
+        }
+        if i % 5 == 0 {
+            bytes.truncate((next() as usize) % bytes.len());
+        }
+        let path = dir.path().join(format!("bad{i}.pt"));
+        std::fs::write(&path, &bytes).unwrap();
+        if let Err(e) = checkpoint::load(&path) {
+            assert!(format!("{e:#}").contains(&format!("bad{i}.pt")), "error does not name the file: {e:#}");
+        }
+    }
+}
