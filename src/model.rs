@@ -25,8 +25,13 @@ impl Loader<'_> {
         Ok(self.ckpt.get(key)?.to_dtype(self.dtype)?.to_device(self.device)?)
     }
 
-    fn linear(&self, weight: &str, bias: &str) -> Result<Linear> {
-        Ok(Linear::new(self.get(weight)?, Some(self.get(bias)?)))
+    /// Embeddings and tables that are added to the f32 residual stream.
+    fn get_f32(&self, key: &str) -> Result<Tensor> {
+        Ok(self.ckpt.get(key)?.to_dtype(DType::F32)?.to_device(self.device)?)
+    }
+
+    fn linear(&self, weight: &str, bias: &str) -> Result<Dense> {
+        Ok(Dense { inner: Linear::new(self.get(weight)?, Some(self.get(bias)?)), dtype: self.dtype })
     }
 
     /// Layer norms stay in f32 like the official `LayerNorm` subclass.
@@ -37,16 +42,36 @@ impl Loader<'_> {
     }
 }
 
+/// The residual stream stays f32 whatever the weights are: in f16/bf16 only
+/// the matmuls run in the compute dtype (bf16 residuals lose too much over
+/// 248 tokens). On f32 the casts are no-ops.
 fn layer_norm(ln: &LayerNorm, x: &Tensor) -> Result<Tensor> {
-    let dtype = x.dtype();
-    Ok(ln.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
+    Ok(ln.forward(x)?)
+}
+
+/// A linear layer whose weights may be f16/bf16; input and output are f32.
+struct Dense {
+    inner: Linear,
+    dtype: DType,
+}
+
+impl Dense {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.inner.forward(&x.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?)
+    }
+}
+
+/// `a @ b` in the compute dtype, result in f32.
+fn matmul(a: &Tensor, b: &Tensor, dtype: DType) -> Result<Tensor> {
+    Ok(a.to_dtype(dtype)?.matmul(&b.to_dtype(dtype)?)?.to_dtype(DType::F32)?)
 }
 
 struct Attention {
-    in_proj: Linear,
-    out_proj: Linear,
+    in_proj: Dense,
+    out_proj: Dense,
     heads: usize,
     scale: f64,
+    dtype: DType,
 }
 
 impl Attention {
@@ -56,6 +81,7 @@ impl Attention {
             out_proj: l.linear(&format!("{p}.out_proj.weight"), &format!("{p}.out_proj.bias"))?,
             heads,
             scale: 1.0 / ((width / heads) as f64).sqrt(),
+            dtype: l.dtype,
         })
     }
 
@@ -66,12 +92,12 @@ impl Attention {
         let q = (qkv.get(0)?.contiguous()? * self.scale)?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let mut scores = q.matmul(&k.t()?)?;
+        let mut scores = matmul(&q, &k.t()?, self.dtype)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, w))?;
+        let out = matmul(&probs, &v, self.dtype)?.transpose(1, 2)?.reshape((b, l, w))?;
         Ok(self.out_proj.forward(&out)?)
     }
 }
@@ -80,8 +106,8 @@ struct Block {
     ln_1: LayerNorm,
     attn: Attention,
     ln_2: LayerNorm,
-    c_fc: Linear,
-    c_proj: Linear,
+    c_fc: Dense,
+    c_proj: Dense,
     activation: Activation,
 }
 
@@ -126,7 +152,7 @@ pub struct TextEncoder {
 impl TextEncoder {
     fn load(l: &Loader) -> Result<Self> {
         let c = &l.ckpt.config.text;
-        let positions = l.ckpt.text_positions()?.to_dtype(l.dtype)?.to_device(l.device)?;
+        let positions = l.ckpt.text_positions()?.to_dtype(DType::F32)?.to_device(l.device)?;
         Ok(Self {
             token_embedding: Embedding::new(l.get("token_embedding.weight")?, c.width),
             positions,
@@ -157,9 +183,9 @@ impl TextEncoder {
             pool.push((i * len + eot_position(seq)) as u32);
         }
         let ids = Tensor::from_vec(ids, (batch.len(), len), &self.device)?;
-        let x = self.token_embedding.forward(&ids)?;
+        let x = self.token_embedding.forward(&ids)?.to_dtype(DType::F32)?;
         let mut x = x.broadcast_add(&self.positions.narrow(0, 0, len)?)?;
-        let mask = causal_mask(len, self.dtype, &self.device)?;
+        let mask = causal_mask(len, &self.device)?;
         for block in &self.blocks {
             x = block.forward(&x, Some(&mask))?;
         }
@@ -167,7 +193,7 @@ impl TextEncoder {
         let width = x.dim(D::Minus1)?;
         let pool = Tensor::from_vec(pool, batch.len(), &self.device)?;
         let pooled = x.reshape((batch.len() * len, width))?.index_select(&pool, 0)?;
-        Ok(pooled.matmul(&self.projection)?)
+        matmul(&pooled, &self.projection, self.dtype)
     }
 }
 
@@ -178,11 +204,11 @@ fn eot_position(seq: &[u32]) -> usize {
     seq.iter().position(|&t| t == max).unwrap_or(0)
 }
 
-fn causal_mask(len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+fn causal_mask(len: usize, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..len)
         .flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
-    Ok(Tensor::from_vec(mask, (len, len), device)?.to_dtype(dtype)?)
+    Ok(Tensor::from_vec(mask, (len, len), device)?)
 }
 
 pub struct VisionEncoder {
@@ -205,8 +231,8 @@ impl VisionEncoder {
         let patch_weight = l.get("visual.conv1.weight")?.reshape((c.width, 3 * c.patch_size * c.patch_size))?.t()?.contiguous()?;
         Ok(Self {
             patch_weight,
-            class_embedding: l.get("visual.class_embedding")?.reshape((1, 1, c.width))?,
-            positions: l.get("visual.positional_embedding")?,
+            class_embedding: l.get_f32("visual.class_embedding")?.reshape((1, 1, c.width))?,
+            positions: l.get_f32("visual.positional_embedding")?,
             ln_pre: l.layer_norm("visual.ln_pre")?,
             blocks: load_blocks(l, "visual.transformer.resblocks.", c.layers, c.width, c.heads, l.ckpt.config.activation)?,
             ln_post: l.layer_norm("visual.ln_post")?,
@@ -229,13 +255,13 @@ impl VisionEncoder {
         }
         let (p, g) = (self.patch_size, self.image_size / self.patch_size);
         let patches = pixels
-            .to_dtype(self.dtype)?
+            .to_dtype(DType::F32)?
             .reshape((n, 3, g, p, g, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((n * g * g, 3 * p * p))?;
         let width = self.patch_weight.dim(1)?;
-        let x = patches.matmul(&self.patch_weight)?.reshape((n, g * g, width))?;
+        let x = matmul(&patches, &self.patch_weight, self.dtype)?.reshape((n, g * g, width))?;
         let cls = self.class_embedding.broadcast_as((n, 1, width))?;
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.positions)?;
         let mut x = layer_norm(&self.ln_pre, &x)?;
@@ -243,7 +269,7 @@ impl VisionEncoder {
             x = block.forward(&x, None)?;
         }
         let cls = layer_norm(&self.ln_post, &x.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?)?;
-        Ok(cls.matmul(&self.projection)?)
+        matmul(&cls, &self.projection, self.dtype)
     }
 }
 
@@ -282,6 +308,17 @@ impl LongClip {
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
     Ok(x.broadcast_div(&norm)?)
+}
+
+/// `f32`, `f16`, `bf16`, or `auto`: f32 on CPU, f16 on CUDA.
+pub fn compute_dtype(name: &str, device: &Device) -> Result<DType> {
+    match name {
+        "auto" if device.is_cuda() => Ok(DType::F16),
+        "auto" | "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => bail!("unknown dtype '{other}' (expected auto, f32, f16 or bf16)"),
+    }
 }
 
 /// `cpu`, `cuda` or `cuda:N`.

@@ -151,3 +151,17 @@ fn tensor2(v: &serde_json::Value) -> Tensor {
     let (n, d) = (rows.len(), rows[0].len());
     Tensor::from_vec(rows.into_iter().flatten().collect::<Vec<_>>(), (n, d), &Device::Cpu).unwrap()
 }
+
+#[test]
+fn half_precision_stays_close_to_f32() {
+    let ckpt = checkpoint::load(&fixture("tiny-longclip.pt")).unwrap();
+    let exp = expected();
+    let ids = reference_ids("ids_248");
+    for dtype in [DType::F16, DType::BF16] {
+        let model = LongClip::new(&ckpt, &Device::Cpu, dtype).unwrap();
+        let text = model.text.encode(&ids).unwrap();
+        assert_rows_cosine(&format!("{dtype:?} text"), &text, &exp["longclip.text_features"], 0.999);
+        let image = model.vision.encode(&exp["pixels"]).unwrap();
+        assert_rows_cosine(&format!("{dtype:?} image"), &image, &exp["longclip.image_features"], 0.999);
+    }
+}

@@ -94,6 +94,9 @@ struct EmbedArgs {
     batch_size: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Compute dtype of the matmuls: auto (f32 on CPU, f16 on CUDA), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -139,15 +142,16 @@ fn tokenize(texts: &Path, context_length: usize, out: Option<&Path>) -> Result<(
     Ok(())
 }
 
-fn load_model(path: &Path, device: &str) -> Result<(LongClip, Device)> {
+fn load_model(path: &Path, device: &str, dtype: &str) -> Result<(LongClip, Device)> {
     let device = model::device(device)?;
+    let dtype = model::compute_dtype(dtype, &device)?;
     let ckpt = checkpoint::load(path)?;
-    let model = LongClip::new(&ckpt, &device, DType::F32)?;
+    let model = LongClip::new(&ckpt, &device, dtype)?;
     Ok((model, device))
 }
 
 fn embed(args: EmbedArgs) -> Result<()> {
-    let (model, device) = load_model(&args.model, &args.device)?;
+    let (model, device) = load_model(&args.model, &args.device, &args.dtype)?;
     let embedder = Embedder { model: &model, device, batch_size: args.batch_size, normalize: !args.raw, progress: true };
     let start = Instant::now();
     if let Some(texts_path) = &args.texts {
@@ -209,15 +213,15 @@ fn warn_truncated(rows: &[usize], context_length: usize) {
     }
     let shown: Vec<String> = rows.iter().take(10).map(|r| r.to_string()).collect();
     let more = if rows.len() > 10 { ", ..." } else { "" };
+    let (n, were) = if rows.len() == 1 { ("1 text".to_string(), "was") } else { (format!("{} texts", rows.len()), "were") };
     eprintln!(
-        "warning: {} texts were longer than {context_length} tokens and were truncated (rows {}{more})",
-        rows.len(),
+        "warning: {n} {were} longer than {context_length} tokens and {were} truncated (rows {}{more})",
         shown.join(", ")
     );
 }
 
 fn similarity(model_path: &Path, images: &Path, texts: &Path, device: &str) -> Result<()> {
-    let (model, device) = load_model(model_path, device)?;
+    let (model, device) = load_model(model_path, device, "auto")?;
     let embedder = Embedder { model: &model, device, batch_size: 32, normalize: true, progress: false };
     let texts = embed::read_texts(texts)?;
     let paths = embed::list_images(images)?;
