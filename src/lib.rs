@@ -4,13 +4,18 @@
 //! [`tokenizer`] and [`preprocess`] turn texts and images into model inputs,
 //! [`checkpoint`] reads weights in any supported format, [`model`] runs the
 //! encoders, [`embed`] batches whole inputs through them, [`stretch`] and
-//! [`export`] make and write new checkpoints, and [`cli`] is the command line.
+//! [`export`] make and write new checkpoints, [`pcm`] and [`finetune`] train
+//! (primary component matching, with [`linalg`] for its PCA), and [`cli`] is
+//! the command line.
 
 pub mod checkpoint;
 pub mod cli;
 pub mod embed;
 pub mod export;
+pub mod finetune;
+pub mod linalg;
 pub mod model;
+pub mod pcm;
 pub mod preprocess;
 pub mod stretch;
 pub mod tokenizer;

@@ -1,5 +1,7 @@
 //! The `longclip` command line: a thin layer over the library.
 
+mod finetune;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -71,6 +73,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fine-tune with knowledge-preserved stretching and primary component matching.
+    Finetune(finetune::FinetuneArgs),
+    /// The two PCM losses of one batch (to check a setup against the official code).
+    Loss(finetune::LossArgs),
 }
 
 #[derive(Args)]
@@ -117,6 +123,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Info { model, json } => info(&checkpoint::load(&model)?, json),
+        Command::Finetune(args) => finetune::finetune(args),
+        Command::Loss(args) => finetune::loss(args),
     }
 }
 
