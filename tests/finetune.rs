@@ -381,7 +381,7 @@ fn finetune_command_resumes_bit_for_bit_and_skips_bad_images() {
     }
     let moved = max_abs_diff(&a.tensors["visual.proj"], &start_ckpt.tensors["visual.proj"]);
     assert!(moved > 0.0, "training changed nothing");
-    // Only the newest checkpoint is kept by default (--keep 2 keeps two).
+    // The two newest checkpoints are kept (--keep 2, the default).
     let kept: Vec<_> = std::fs::read_dir(straight.join("checkpoints")).unwrap().collect();
     assert_eq!(kept.len(), 2);
     // A second run into the same directory must not clobber it silently.

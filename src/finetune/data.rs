@@ -415,6 +415,56 @@ mod tests {
     }
 
     #[test]
+    fn sharegpt4v_layout_and_its_evaluation_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<serde_json::Value> = (0..1003)
+            .map(|i| {
+                serde_json::json!({
+                    "id": i.to_string(),
+                    "image": format!("coco/{i}.jpg"),
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nDescribe."},
+                        {"from": "gpt", "value": format!("Picture {i}. Details\nfollow. More.")},
+                    ],
+                })
+            })
+            .collect();
+        let path = dir.path().join("share.json");
+        std::fs::write(&path, serde_json::to_string(&records).unwrap()).unwrap();
+        let all = read_dataset(path.to_str().unwrap(), None, &ShortCaption::FirstSentence).unwrap();
+        assert_eq!(all.records.len(), 1003);
+        assert_eq!(all.records[0].long, "Picture 0. Details follow. More.");
+        assert_eq!(all.records[0].short, "Picture 0");
+        assert_eq!(all.records[0].image, dir.path().join("coco/0.jpg"));
+        let spec = format!("sharegpt4v:{}", path.display());
+        let train = read_dataset(&spec, Some(Path::new("/data")), &ShortCaption::FirstSentence).unwrap();
+        assert_eq!(train.records.len(), 3);
+        assert_eq!(train.records[0].image, Path::new("/data/coco/1000.jpg"));
+        assert_ne!(train.fingerprint, all.fingerprint);
+        let eval = read_eval_records(&spec, None, &ShortCaption::FirstSentence).unwrap();
+        assert_eq!(eval.len(), 1000);
+        assert_eq!(eval[999].short, "Picture 999");
+    }
+
+    #[test]
+    fn jsonl_and_csv_with_a_short_caption_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("d.jsonl");
+        std::fs::write(&jsonl, "{\"image\": \"a.png\", \"caption\": \"Long one. Two.\", \"summary\": \"short\"}\n\n").unwrap();
+        let short = ShortCaption::Column("summary".into());
+        let d = read_dataset(jsonl.to_str().unwrap(), None, &short).unwrap();
+        assert_eq!(d.records, vec![Record { image: dir.path().join("a.png"), long: "Long one. Two.".into(), short: "short".into() }]);
+        let csv = dir.path().join("d.csv");
+        std::fs::write(&csv, "file,text\nb.png,\"x, y. z\"\n").unwrap();
+        let d = read_dataset(csv.to_str().unwrap(), None, &ShortCaption::FirstSentence).unwrap();
+        assert_eq!(d.records[0].short, "x, y");
+        let err = read_dataset(csv.to_str().unwrap(), None, &short).err().unwrap();
+        assert!(format!("{err:#}").contains("summary"), "{err:#}");
+        assert_eq!("column:summary".parse::<ShortCaption>().unwrap(), short);
+        assert!("column:".parse::<ShortCaption>().is_err());
+    }
+
+    #[test]
     fn epochs_are_permutations_and_batches_cover_them() {
         let order = epoch_order(10, 7, 0);
         let mut sorted = order.clone();
