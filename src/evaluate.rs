@@ -26,11 +26,15 @@ use crate::model::{l2_normalize, LongClip};
 use crate::preprocess::Transform;
 use crate::tokenizer::{truncate_words, Tokenizer};
 
+/// Names the image preprocessing in cache entries: change it whenever the
+/// pixels it produces change (v2: JPEGs through libjpeg-turbo; no EXIF).
+const IMAGE_PIPELINE: &str = "v2-noexif";
+
 /// Where the time went, in seconds, and how much the cache served.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Timings {
-    /// Reading, decoding and preprocessing images (busy time of the decode
-    /// thread; it overlaps image encoding).
+    /// Reading, decoding and preprocessing images (on a GPU this overlaps
+    /// image encoding).
     pub decode: f64,
     pub image_encode: f64,
     pub text_encode: f64,
@@ -72,7 +76,7 @@ impl<'a> Encoder<'a> {
         let device_kind = if device.is_cpu() { "cpu" } else { "gpu" };
         let (image_cache, text_cache) = match cache {
             Some((dir, fingerprint)) => (
-                Some(FeatureCache::open(dir, fingerprint, &format!("images-noexif-{device_kind}"), dim)?),
+                Some(FeatureCache::open(dir, fingerprint, &format!("images-{IMAGE_PIPELINE}-{device_kind}"), dim)?),
                 Some(FeatureCache::open(dir, fingerprint, &format!("texts-{device_kind}"), dim)?),
             ),
             None => (None, None),
@@ -119,65 +123,89 @@ impl<'a> Encoder<'a> {
         Ok(ImageFeatures { features, kept, failed })
     }
 
-    /// Decodes the next batch on all cores while this thread encodes.
+    /// Decodes and encodes images batch by batch. On a GPU the next batch is
+    /// decoded (on all cores) while the current one is encoded; on the CPU
+    /// both need the same cores, so they take turns and each is timed alone.
     fn encode_images(&mut self, images: &[ImageRef], todo: &[usize]) -> Result<Vec<(usize, Result<Vec<f32>, String>)>> {
         if todo.is_empty() {
             return Ok(vec![]);
         }
         let transform = Transform { exif: false, ..Transform::clip(self.model.vision.image_size()) };
-        let size = transform.size;
+        let decode = |chunk: &[usize]| -> Vec<Result<Vec<f32>>> {
+            chunk.par_iter().map(|&i| images[i].bytes().and_then(|b| transform.from_bytes(&b, &images[i].name()))).collect()
+        };
         let bar = self.bar(todo.len(), "images");
-        let (tx, rx) = mpsc::sync_channel::<(Vec<usize>, Vec<Result<Vec<f32>>>)>(1);
         let mut out = Vec::with_capacity(todo.len());
-        let mut encode_secs = 0.0;
+        let (mut decode_secs, mut encode_secs) = (0.0, 0.0);
         let batch = self.batch_size;
-        let model = self.model;
-        let device = self.device.clone();
-        let decode_secs = std::thread::scope(|scope| -> Result<f64> {
-            let producer = scope.spawn(|| {
-                let mut busy = 0.0;
-                for chunk in todo.chunks(batch) {
-                    let t = Instant::now();
-                    let pixels: Vec<Result<Vec<f32>>> = chunk
-                        .par_iter()
-                        .map(|&i| images[i].bytes().and_then(|b| transform.from_bytes(&b, &images[i].name())))
-                        .collect();
-                    busy += t.elapsed().as_secs_f64();
-                    if tx.send((chunk.to_vec(), pixels)).is_err() {
-                        break;
-                    }
-                }
-                drop(tx);
-                busy
-            });
-            for (chunk, pixels) in rx.iter() {
+        if self.device.is_cpu() {
+            for chunk in todo.chunks(batch) {
                 let t = Instant::now();
-                let mut batch_pixels = Vec::new();
-                let mut batch_ids = Vec::new();
-                for (i, p) in chunk.iter().zip(pixels) {
-                    match p {
-                        Ok(p) => {
-                            batch_pixels.extend_from_slice(&p);
-                            batch_ids.push(*i);
-                        }
-                        Err(e) => out.push((*i, Err(format!("{e:#}")))),
-                    }
-                }
-                if !batch_ids.is_empty() {
-                    let x = Tensor::from_vec(batch_pixels, (batch_ids.len(), 3, size, size), &device)?;
-                    let f = model.vision.encode(&x)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
-                    out.extend(batch_ids.into_iter().zip(f).map(|(i, row)| (i, Ok(row))));
-                }
+                let pixels = decode(chunk);
+                decode_secs += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                self.encode_batch(chunk, pixels, transform.size, &mut out)?;
                 encode_secs += t.elapsed().as_secs_f64();
                 bar.inc(chunk.len() as u64);
             }
-            Ok(producer.join().unwrap_or(0.0))
-        })?;
+        } else {
+            let (tx, rx) = mpsc::sync_channel::<(&[usize], Vec<Result<Vec<f32>>>)>(1);
+            decode_secs = std::thread::scope(|scope| -> Result<f64> {
+                let producer = scope.spawn(|| {
+                    let mut busy = 0.0;
+                    for chunk in todo.chunks(batch) {
+                        let t = Instant::now();
+                        let pixels = decode(chunk);
+                        busy += t.elapsed().as_secs_f64();
+                        if tx.send((chunk, pixels)).is_err() {
+                            break;
+                        }
+                    }
+                    drop(tx);
+                    busy
+                });
+                for (chunk, pixels) in rx.iter() {
+                    let t = Instant::now();
+                    self.encode_batch(chunk, pixels, transform.size, &mut out)?;
+                    encode_secs += t.elapsed().as_secs_f64();
+                    bar.inc(chunk.len() as u64);
+                }
+                Ok(producer.join().unwrap_or(0.0))
+            })?;
+        }
         bar.finish_and_clear();
         self.timings.decode += decode_secs;
         self.timings.image_encode += encode_secs;
         self.timings.images_encoded += out.iter().filter(|(_, r)| r.is_ok()).count();
         Ok(out)
+    }
+
+    /// Encodes the decoded images of one batch; failures pass through.
+    fn encode_batch(
+        &self,
+        chunk: &[usize],
+        pixels: Vec<Result<Vec<f32>>>,
+        size: usize,
+        out: &mut Vec<(usize, Result<Vec<f32>, String>)>,
+    ) -> Result<()> {
+        let mut batch_pixels = Vec::new();
+        let mut ids = Vec::new();
+        for (&i, p) in chunk.iter().zip(pixels) {
+            match p {
+                Ok(p) => {
+                    batch_pixels.extend_from_slice(&p);
+                    ids.push(i);
+                }
+                Err(e) => out.push((i, Err(format!("{e:#}")))),
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let x = Tensor::from_vec(batch_pixels, (ids.len(), 3, size, size), &self.device)?;
+        let f = self.model.vision.encode(&x)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+        out.extend(ids.into_iter().zip(f).map(|(i, row)| (i, Ok(row))));
+        Ok(())
     }
 
     /// Embeds token sequences (SOT..EOT, unpadded): [N, D], L2-normalized.

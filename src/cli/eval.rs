@@ -203,7 +203,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     }
     let data = args.data.load()?;
     let m = load_model(&args.model, &args.run.device)?;
-    let context = args.context_length.unwrap_or(m.model.text.context_length());
+    let context = context_length(args.context_length, &m)?;
     let mut enc = encoder(&m, &args.run)?;
     let report = evaluate::evaluate_retrieval(&mut enc, &data, args.data.on_missing, context)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -272,6 +272,16 @@ fn ties_json(range: &(RetrievalScores, RetrievalScores)) -> Value {
     json!({"low": low, "high": high})
 }
 
+/// `--context-length`, checked against the model's positions.
+fn context_length(flag: Option<usize>, m: &Loaded) -> Result<usize> {
+    let positions = m.model.text.context_length();
+    match flag {
+        None => Ok(positions),
+        Some(n) if (2..=positions).contains(&n) => Ok(n),
+        Some(n) => bail!("--context-length {n}: the model has {positions} positions (use 2 to {positions})"),
+    }
+}
+
 fn paper_model(flag: Option<&str>, config: &Config) -> Result<Option<&'static str>> {
     match flag {
         Some(name) => reference::parse_model(name),
@@ -324,7 +334,7 @@ fn recall_table(ours: &RetrievalScores, paper: &[reference::Published]) -> Strin
 
 fn timing_line(seconds: f64, t: &Timings, n_images: usize, n_texts: usize) -> String {
     format!(
-        "{seconds:.1} s in all: decode {:.1} s (overlaps encoding), image encode {:.1} s, text encode {:.1} s, search {:.2} s, cache {:.2} s; \
+        "{seconds:.1} s in all: decode {:.1} s, image encode {:.1} s, text encode {:.1} s, search {:.2} s, hashing and cache {:.2} s; \
          from cache {}/{n_images} images and {}/{n_texts} texts",
         t.decode, t.image_encode, t.text_encode, t.search, t.cache, t.images_cached, t.texts_cached,
     )
@@ -338,7 +348,7 @@ fn eval_classification(args: EvalArgs, start: Instant) -> Result<()> {
         None => classes::imagenet_templates(),
     };
     let m = load_model(&args.model, &args.run.device)?;
-    let context = args.context_length.unwrap_or(m.model.text.context_length());
+    let context = context_length(args.context_length, &m)?;
     let mut enc = encoder(&m, &args.run)?;
     let report = evaluate::evaluate_classification(&mut enc, &set, &templates, args.data.on_missing, context)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -450,6 +460,7 @@ fn machine(device: &Device) -> Value {
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "device": if device.is_cpu() { "cpu".to_string() } else { format!("{device:?}") },
         "os": std::env::consts::OS,
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "longclip": env!("CARGO_PKG_VERSION"),
     })
 }
@@ -568,9 +579,18 @@ fn unit_name(unit: Unit) -> &'static str {
     }
 }
 
-/// File stems, or whole paths where two stems are equal.
+/// File stems (the folder's name for generic stems such as "model"), or
+/// whole paths where two are equal.
 fn model_labels(paths: &[PathBuf]) -> Vec<String> {
-    let stems: Vec<String> = paths.iter().map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()).collect();
+    let name = |p: &PathBuf| {
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let generic = ["model", "pytorch_model", "open_clip_pytorch_model", "checkpoint", "weights"].contains(&stem.as_str());
+        match p.parent().and_then(|d| d.file_name()) {
+            Some(dir) if generic => dir.to_string_lossy().into_owned(),
+            _ => stem,
+        }
+    };
+    let stems: Vec<String> = paths.iter().map(name).collect();
     stems
         .iter()
         .zip(paths)
@@ -687,6 +707,8 @@ mod tests {
         let l = model_labels(&["a/clip.pt".into(), "b/long.pt".into()]);
         assert_eq!(l, ["clip", "long"]);
         let l = model_labels(&["a/model.pt".into(), "b/model.pt".into()]);
-        assert_eq!(l, ["a/model.pt", "b/model.pt"]);
+        assert_eq!(l, ["a", "b"]);
+        let l = model_labels(&["a/model.pt".into(), "a/model.safetensors".into()]);
+        assert_eq!(l, ["a/model.pt", "a/model.safetensors"]);
     }
 }
