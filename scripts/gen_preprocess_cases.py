@@ -12,17 +12,24 @@ orientation). The safetensors metadata maps each file to "exact" (lossless
 formats: the Rust port must match to float rounding) or "lossy" (JPEG and
 lossy WebP, decoded by other libraries in Rust).
 
-Usage: python3 scripts/gen_preprocess_cases.py   (needs pillow, numpy, safetensors)
-The output was checked to be identical under Pillow 11.3, 12.0 and 13.0.
+Usage: python3 scripts/gen_preprocess_cases.py   (needs pillow<13, numpy, safetensors)
+       python3 scripts/gen_preprocess_cases.py --check   (recompute and compare only)
+
+Pillow 11 and 12 give identical output. Pillow 13 changed the resize: when the
+height shrinks by more than twice as many pixels as the width, it runs the
+vertical pass first, which changes tall (over ~2:1) images by a few levels.
+src/preprocess.rs follows Pillow 11/12, so this script refuses Pillow 13+.
 """
 
-import io
 import struct
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image, ImageOps
+from safetensors import safe_open
 from safetensors.numpy import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,8 +183,8 @@ def make_sources():
         im.save(OUT_DIR / name, **params)
         kinds[name] = kind
 
-    rgb = lambda w, h: Image.fromarray(texture(w, h, 3), "RGB")
-    grey = lambda w, h: Image.fromarray(texture(w, h, 1)[:, :, 0], "L")
+    rgb = lambda w, h: Image.fromarray(texture(w, h, 3))
+    grey = lambda w, h: Image.fromarray(texture(w, h, 1)[:, :, 0])
 
     # Shapes: odd landscape, portrait, square, smaller than n (upscaling), 1-pixel-wide.
     save("rgb_landscape_37x23.png", rgb(37, 23))
@@ -193,15 +200,15 @@ def make_sources():
     save("grey_29x31.png", grey(29, 31))
     la = np.dstack([texture(26, 35, 1), texture(26, 35, 1)])
     la[::5, :, 1] = 0
-    save("grey_alpha_26x35.png", Image.fromarray(la, "LA"))
+    save("grey_alpha_26x35.png", Image.fromarray(la))
     rgba = texture(41, 27, 4)
     rgba[:, :6, 3] = 0  # fully transparent columns
     rgba[:, 6:12, 3] = 255
     rgba[::4, :, 3] = 1
-    save("rgba_41x27.png", Image.fromarray(rgba, "RGBA"))
-    pal = Image.fromarray(texture(33, 21, 3), "RGB").quantize(16)
+    save("rgba_41x27.png", Image.fromarray(rgba))
+    pal = Image.fromarray(texture(33, 21, 3)).quantize(16)
     save("palette_33x21.png", pal, transparency=3)
-    save("palette_4bit_23x17.png", Image.fromarray(texture(23, 17, 3), "RGB").quantize(9), bits=4)
+    save("palette_4bit_23x17.png", Image.fromarray(texture(23, 17, 3)).quantize(9), bits=4)
     save("bilevel_1bit_27x22.png", grey(27, 22).convert("1"))
     g16 = (texture(31, 22, 1)[:, :, 0].astype(np.uint32) * 3).astype(np.uint16)  # 0..765: crosses 255
     array_png(OUT_DIR / "grey16_low_31x22.png", g16, 16, 0)
@@ -236,7 +243,7 @@ def make_sources():
         save(f"exif{orientation}_26x17.png", rgb(26, 17), exif=exif_bytes(orientation))
 
     # GIF: PIL-written palette and grey ("L") files, and hand-made frame layouts.
-    save("gif_palette_34x22.gif", Image.fromarray(texture(34, 22, 3), "RGB").quantize(32))
+    save("gif_palette_34x22.gif", Image.fromarray(texture(34, 22, 3)).quantize(32))
     save("gif_grey_ramp_25x30.gif", grey(25, 30))
     palette = bytes(RNG.randint(0, 256, 16 * 3).astype(np.uint8))
     write_gif(OUT_DIR / "gif_offset_frame_30x20.gif", (30, 20), (5, 3, 17, 11),
@@ -254,15 +261,15 @@ def make_sources():
 
     # BMP, TIFF, lossless WebP.
     save("bmp_rgb_33x25.bmp", rgb(33, 25))
-    save("bmp_palette_28x19.bmp", Image.fromarray(texture(28, 19, 3), "RGB").quantize(20))
+    save("bmp_palette_28x19.bmp", Image.fromarray(texture(28, 19, 3)).quantize(20))
     save("bmp_grey_19x26.bmp", grey(19, 26))
     save("bmp_1bit_30x21.bmp", grey(30, 21).convert("1"))
-    save("bmp_rgba_21x18.bmp", Image.fromarray(texture(21, 18, 4), "RGBA"))
+    save("bmp_rgba_21x18.bmp", Image.fromarray(texture(21, 18, 4)))
     save("tiff_rgb_29x23.tif", rgb(29, 23))
     save("tiff_grey_23x29.tiff", grey(23, 29))
-    save("tiff_rgba_27x21.tif", Image.fromarray(rgba[:21, :27], "RGBA"))
+    save("tiff_rgba_27x21.tif", Image.fromarray(rgba[:21, :27]))
     save("webp_lossless_rgb_31x24.webp", rgb(31, 24), lossless=True)
-    save("webp_lossless_rgba_24x31.webp", Image.fromarray(texture(24, 31, 4), "RGBA"), lossless=True)
+    save("webp_lossless_rgba_24x31.webp", Image.fromarray(texture(24, 31, 4)), lossless=True)
 
     # Lossy formats: decoded by other libraries in Rust, so only close.
     save("jpeg_rgb_45x34.jpg", rgb(45, 34), "lossy", quality=92)
@@ -273,15 +280,38 @@ def make_sources():
     return kinds
 
 
-def main():
-    kinds = make_sources()
+def references(names):
+    """The official transform of each source file, plus its EXIF-rotated twin."""
     tensors = {}
-    for name in sorted(kinds):
+    for name in sorted(names):
         for n in SIZES:
             with Image.open(OUT_DIR / name) as im:
                 tensors[f"{name}@{n}"] = clip_transform(im, n)
                 if im.getexif().get(0x0112, 1) != 1:
                     tensors[f"{name}@{n}@exif"] = clip_transform(ImageOps.exif_transpose(im), n)
+    return tensors
+
+
+def check():
+    """Recomputes the committed references from the committed sources."""
+    with safe_open(OUT_FILE, "np") as f:
+        names = f.metadata()
+        want = {key: f.get_tensor(key) for key in f.keys()}
+    got = references(names)
+    bad = [key for key in want if key not in got or not np.array_equal(want[key], got[key])]
+    print(f"Pillow {PIL.__version__}: {len(want) - len(bad)}/{len(want)} references reproduced exactly")
+    for key in bad:
+        print("  differs:", key)
+    return not bad
+
+
+def main():
+    if "--check" in sys.argv:
+        raise SystemExit(0 if check() else 1)
+    if int(PIL.__version__.split(".")[0]) >= 13:
+        raise SystemExit(f"Pillow {PIL.__version__}: use Pillow 11 or 12 (see the docstring)")
+    kinds = make_sources()
+    tensors = references(kinds)
     save_file(tensors, OUT_FILE, metadata=kinds)
     print(f"{len(kinds)} images, {len(tensors)} tensors -> {OUT_FILE} ({OUT_FILE.stat().st_size} bytes)")
 

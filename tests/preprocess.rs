@@ -16,8 +16,13 @@ const MANIFEST_ORDER: [&str; 6] =
     ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "logo.png"];
 /// Float rounding only: lossless images must match Python exactly.
 const EXACT: f32 = 1e-5;
-/// Any image, lossy decoders included.
+/// Any reference image, lossy decoders included.
 const CLOSE: f32 = 0.03;
+/// The small generated JPEGs use 4:2:0 chroma at odd sizes, where zune-jpeg's
+/// upsampling differs from libjpeg-turbo's by a few levels near the edges,
+/// and upscaling to 32 px keeps those differences whole.
+const LOSSY_MAX: f32 = 0.1;
+const LOSSY_MEAN: f32 = 0.01;
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(FIXTURES).join(rel)
@@ -93,7 +98,7 @@ fn wide_cases_match_pillow() {
         let want = f32s(tensors.tensor(key).unwrap().data());
         let path = fixture(&format!("preprocess/{file}"));
         let lossy = kinds[file] == "lossy";
-        let limit = if lossy { CLOSE } else { EXACT };
+        let limit = if lossy { LOSSY_MAX } else { EXACT };
         // The official transform ignores EXIF; ours applies it when asked.
         let mut settings = vec![rotated];
         if !rotated && !has_exif_rotation(file) {
@@ -108,9 +113,12 @@ fn wide_cases_match_pillow() {
                 }
             };
             let (max, mean) = diff(&ours, &want);
-            println!("{key:42} exif={exif:5} max {max:.3e} mean {mean:.3e}{}", if lossy { " (lossy)" } else { "" });
-            if max > limit {
-                failures.push(format!("{key} exif={exif}: max diff {max} > {limit}"));
+            println!(
+                "{key:42} exif={exif:5} max {max:.3e} mean {mean:.3e}{}",
+                if lossy { " (lossy)" } else { "" }
+            );
+            if max > limit || (lossy && mean > LOSSY_MEAN) {
+                failures.push(format!("{key} exif={exif}: max diff {max}, mean {mean}"));
             }
         }
     }
@@ -164,7 +172,8 @@ fn batch_keeps_input_order() {
 
 #[test]
 fn image_extensions() {
-    for yes in ["a.jpg", "b.JPEG", "c.png", "d.WebP", "e.gif", "f.bmp", "g.tif", "h.TIFF", "dir/x.Jpg"] {
+    for yes in ["a.jpg", "b.JPEG", "c.png", "d.WebP", "e.gif", "f.bmp", "g.tif", "h.TIFF", "dir/x.Jpg"]
+    {
         assert!(is_image_path(Path::new(yes)), "{yes}");
     }
     for no in ["a.txt", "b", "c.jpg.txt", "d.heic", ".png.", "png"] {
@@ -216,7 +225,12 @@ fn bad_inputs_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     expect_error(dir, "empty.png", b"", &["empty", "0 bytes"]);
-    expect_error(dir, "notes.jpg", b"hello, this is not a picture\n", &["not an image", "unknown format"]);
+    expect_error(
+        dir,
+        "notes.jpg",
+        b"hello, this is not a picture\n",
+        &["not an image", "unknown format"],
+    );
     let png = read("images/camera.png");
     expect_error(dir, "half.png", &png[..png.len() / 2], &["truncated", "corrupt"]);
     expect_error(dir, "header_only.png", &png[..60], &["truncated", "corrupt"]);
@@ -235,6 +249,23 @@ fn bad_inputs_give_clear_errors() {
     let idat = [0, 0, 0, 2, b'I', b'D', b'A', b'T', 0x78, 0x9c, 0, 0, 0, 0];
     expect_error(dir, "bomb_idat.png", &png_header(20000, 20000, &idat), &["too large"]);
     expect_error(dir, "zero.png", &png_header(0, 10, b""), &["zero", "corrupt", "invalid"]);
+    let mut gif = b"GIF89a".to_vec();
+    gif.extend([0x60, 0xEA, 0x60, 0xEA, 0, 0, 0]); // a 60000x60000 screen
+    gif.extend(b",\0\0\0\0\x60\xEA\x60\xEA\0\x08\x02\x4c\x01\0;");
+    expect_error(dir, "bomb.gif", &gif, &["too large"]);
+    let mut gif = b"GIF89a\x10\0\x10\0\x80\0\0".to_vec(); // 16x16 screen, 2-colour palette
+    gif.extend([0, 0, 0, 255, 255, 255]);
+    gif.extend(b",\0\0\0\0\xff\xff\xff\xff\0\x08\x02\x4c\x01\0;"); // a 65535x65535 frame
+    expect_error(dir, "bomb_frame.gif", &gif, &["too large"]);
+    let mut bmp = b"BM".to_vec();
+    bmp.extend([0u8; 8]);
+    bmp.extend(54u32.to_le_bytes());
+    bmp.extend(40u32.to_le_bytes());
+    bmp.extend(30000i32.to_le_bytes());
+    bmp.extend(30000i32.to_le_bytes());
+    bmp.extend([1, 0, 24, 0]);
+    bmp.extend([0u8; 24]);
+    expect_error(dir, "bomb.bmp", &bmp, &["too large"]);
     // A file that is not there, and a directory.
     let missing = dir.join("nowhere.jpg");
     let msg = format!("{:#}", Transform::clip(32).from_path(&missing).unwrap_err());
@@ -261,7 +292,8 @@ fn damaged_files_never_panic() {
         "preprocess/jpeg_grey_34x45.jpg",
     ] {
         let good = read(rel);
-        let mut variants: Vec<Vec<u8>> = (1..good.len()).step_by(7).map(|n| good[..n].to_vec()).collect();
+        let mut variants: Vec<Vec<u8>> =
+            (1..good.len()).step_by(7).map(|n| good[..n].to_vec()).collect();
         for at in (0..good.len()).step_by(3) {
             for flip in [0x01u8, 0x80, 0xff] {
                 let mut bad = good.clone();
