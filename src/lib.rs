@@ -5,12 +5,26 @@
 //! [`checkpoint`] reads weights in any supported format, [`model`] runs the
 //! encoders, [`embed`] batches whole inputs through them, [`stretch`] and
 //! [`export`] make and write new checkpoints, and [`cli`] is the command line.
+//! Evaluation: [`datasets`] reads benchmark layouts, [`evaluate`] embeds them
+//! (with [`cache`]) and scores them with [`metrics`], [`reference`] holds the
+//! published numbers and [`plot`] draws the length probe. Fine-tuning: [`pcm`]
+//! is the loss (with [`linalg`] for its PCA) and [`finetune`] the training.
 
+pub mod cache;
 pub mod checkpoint;
 pub mod cli;
+pub mod datasets;
 pub mod embed;
+pub mod evaluate;
 pub mod export;
+pub mod finetune;
+pub mod jpeg;
+pub mod linalg;
+pub mod metrics;
 pub mod model;
+pub mod pcm;
+pub mod plot;
 pub mod preprocess;
+pub mod reference;
 pub mod stretch;
 pub mod tokenizer;

@@ -14,10 +14,15 @@ use crate::checkpoint::{Activation, Checkpoint, Config};
 const LN_EPS: f64 = 1e-5;
 
 /// Loads tensors of one checkpoint onto a device in the compute dtype.
+///
+/// The checkpoint's tensors may be `Var`s (fine-tuning): every cast below is
+/// then a graph op, so gradients reach the f32 master weights.
 struct Loader<'a> {
     ckpt: &'a Checkpoint,
     device: &'a Device,
     dtype: DType,
+    /// Use ops candle can differentiate instead of its fused kernels.
+    differentiable: bool,
 }
 
 impl Loader<'_> {
@@ -31,33 +36,78 @@ impl Loader<'_> {
     }
 
     fn linear(&self, weight: &str, bias: &str) -> Result<Dense> {
-        Ok(Dense { inner: Linear::new(self.get(weight)?, Some(self.get(bias)?)), dtype: self.dtype })
+        Ok(Dense {
+            inner: Linear::new(self.get(weight)?, Some(self.get(bias)?)),
+            dtype: self.dtype,
+            flatten: self.differentiable,
+        })
     }
 
     /// Layer norms stay in f32 like the official `LayerNorm` subclass.
-    fn layer_norm(&self, prefix: &str) -> Result<LayerNorm> {
+    fn layer_norm(&self, prefix: &str) -> Result<Norm> {
         let w = self.ckpt.get(&format!("{prefix}.weight"))?.to_dtype(DType::F32)?.to_device(self.device)?;
         let b = self.ckpt.get(&format!("{prefix}.bias"))?.to_dtype(DType::F32)?.to_device(self.device)?;
-        Ok(LayerNorm::new(w, b, LN_EPS))
+        Ok(Norm { inner: LayerNorm::new(w, b, LN_EPS), differentiable: self.differentiable })
     }
 }
 
-/// The residual stream stays f32 whatever the weights are: in f16/bf16 only
-/// the matmuls run in the compute dtype (bf16 residuals lose too much over
-/// 248 tokens). On f32 the casts are no-ops.
-fn layer_norm(ln: &LayerNorm, x: &Tensor) -> Result<Tensor> {
-    Ok(ln.forward(x)?)
+/// A layer norm on the f32 residual stream (whatever the weights are: in
+/// f16/bf16 only the matmuls run in the compute dtype, bf16 residuals lose
+/// too much over 248 tokens). Inference uses candle's fused kernel, which
+/// has no backward; training spells the formula out.
+struct Norm {
+    inner: LayerNorm,
+    differentiable: bool,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.differentiable {
+            return Ok(self.inner.forward(x)?);
+        }
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
+        let bias = self.inner.bias().context("layer norm without bias")?;
+        Ok(normed.broadcast_mul(self.inner.weight())?.broadcast_add(bias)?)
+    }
+}
+
+fn layer_norm(ln: &Norm, x: &Tensor) -> Result<Tensor> {
+    ln.forward(x)
+}
+
+/// Softmax over the last dimension. candle's fused kernel has no backward;
+/// the spelled-out form subtracts a detached max (softmax does not depend
+/// on it, and a detached max has no tie-splitting gradient to get wrong).
+fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if !differentiable {
+        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
 /// A linear layer whose weights may be f16/bf16; input and output are f32.
 struct Dense {
     inner: Linear,
     dtype: DType,
+    /// Training: multiply [b*l, in] rows by the weight instead of a weight
+    /// broadcast over the batch, whose backward would materialize a
+    /// [b, in, out] gradient per layer before summing it.
+    flatten: bool,
 }
 
 impl Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.inner.forward(&x.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?)
+        let x = x.to_dtype(self.dtype)?;
+        let y = match (self.flatten, x.dims()) {
+            (true, &[b, l, w]) => self.inner.forward(&x.reshape((b * l, w))?)?.reshape((b, l, ()))?,
+            _ => self.inner.forward(&x)?,
+        };
+        Ok(y.to_dtype(DType::F32)?)
     }
 }
 
@@ -72,6 +122,7 @@ struct Attention {
     heads: usize,
     scale: f64,
     dtype: DType,
+    differentiable: bool,
 }
 
 impl Attention {
@@ -82,6 +133,7 @@ impl Attention {
             heads,
             scale: 1.0 / ((width / heads) as f64).sqrt(),
             dtype: l.dtype,
+            differentiable: l.differentiable,
         })
     }
 
@@ -96,16 +148,16 @@ impl Attention {
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = softmax(&scores, self.differentiable)?;
         let out = matmul(&probs, &v, self.dtype)?.transpose(1, 2)?.reshape((b, l, w))?;
         Ok(self.out_proj.forward(&out)?)
     }
 }
 
 struct Block {
-    ln_1: LayerNorm,
+    ln_1: Norm,
     attn: Attention,
-    ln_2: LayerNorm,
+    ln_2: Norm,
     c_fc: Dense,
     c_proj: Dense,
     activation: Activation,
@@ -142,7 +194,7 @@ pub struct TextEncoder {
     token_embedding: Embedding,
     positions: Tensor,
     blocks: Vec<Block>,
-    ln_final: LayerNorm,
+    ln_final: Norm,
     projection: Tensor,
     context_length: usize,
     device: Device,
@@ -215,9 +267,9 @@ pub struct VisionEncoder {
     patch_weight: Tensor,
     class_embedding: Tensor,
     positions: Tensor,
-    ln_pre: LayerNorm,
+    ln_pre: Norm,
     blocks: Vec<Block>,
-    ln_post: LayerNorm,
+    ln_post: Norm,
     projection: Tensor,
     patch_size: usize,
     image_size: usize,
@@ -283,7 +335,19 @@ pub struct LongClip {
 
 impl LongClip {
     pub fn new(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Self> {
-        let loader = Loader { ckpt, device, dtype };
+        Self::build(Loader { ckpt, device, dtype, differentiable: false })
+    }
+
+    /// The same model with ops candle can differentiate (plain layer norm and
+    /// softmax instead of the fused kernels), for fine-tuning. Give it a
+    /// checkpoint whose tensors are `Var`s to get gradients for them, or
+    /// detached copies to run the same arithmetic without a graph.
+    pub fn trainable(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Self> {
+        Self::build(Loader { ckpt, device, dtype, differentiable: true })
+    }
+
+    fn build(loader: Loader) -> Result<Self> {
+        let ckpt = loader.ckpt;
         let logit_scale = match ckpt.tensors.get("logit_scale") {
             Some(t) => t.to_dtype(DType::F32)?.flatten_all()?.get(0)?.to_scalar::<f32>()?,
             None => (1.0f32 / 0.07).ln(),

@@ -29,8 +29,11 @@
 //!   the separable resize depends only on its own row and column, so this is
 //!   exact and keeps very thin images from blowing up memory.
 //!
-//! Known differences from Python: JPEG and lossy WebP go through other decoders
-//! (zune-jpeg, image-webp), so they can differ by a few levels; CMYK JPEGs are
+//! JPEGs (greyscale and RGB) are decoded by libjpeg-turbo's code, as Pillow
+//! does (see [`crate::jpeg`]), so they match Python exactly too.
+//!
+//! Known differences from Python: lossy WebP goes through another decoder
+//! (image-webp), so it can differ by a few levels; CMYK JPEGs (zune-jpeg) are
 //! converted to RGB by the decoder before the resize, where PIL resizes CMYK;
 //! and with `exif: true` (the default) we apply the EXIF orientation, which the
 //! official code does not.
@@ -232,7 +235,11 @@ fn decode(bytes: &[u8], name: &str, exif: bool) -> Result<Raster> {
         ImageFormat::Gif => decode_gif(bytes, name)?,
         ImageFormat::Jpeg => {
             check_jpeg_complete(bytes).map_err(|e| corrupt(&e))?;
-            from_dynamic(DynamicImage::from_decoder(decoder).map_err(|e| corrupt(&e))?)
+            // libjpeg-turbo, as Pillow; CMYK files keep the image crate's path.
+            match crate::jpeg::decode(bytes).map_err(|e| corrupt(&e))? {
+                Some(pixels) => Raster::bytes(pixels, Resample::Bicubic),
+                None => from_dynamic(DynamicImage::from_decoder(decoder).map_err(|e| corrupt(&e))?),
+            }
         }
         ImageFormat::Bmp => {
             let image = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(&e))?;

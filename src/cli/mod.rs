@@ -1,5 +1,8 @@
 //! The `longclip` command line: a thin layer over the library.
 
+mod eval;
+mod finetune;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -71,6 +74,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Retrieval R@1/5/10 (or zero-shot top-1/5) on a benchmark, beside the published numbers.
+    Eval(eval::EvalArgs),
+    /// R@K as captions are cut to each length: how much of a caption the model uses.
+    Probe(eval::ProbeArgs),
+    /// Zero-shot labels for images from a list of class names.
+    Classify(eval::ClassifyArgs),
+    /// Fine-tune with knowledge-preserved stretching and primary component matching.
+    Finetune(finetune::FinetuneArgs),
+    /// The two PCM losses of one batch (to check a setup against the official code).
+    Loss(finetune::LossArgs),
 }
 
 #[derive(Args)]
@@ -117,6 +130,11 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Info { model, json } => info(&checkpoint::load(&model)?, json),
+        Command::Eval(args) => eval::eval(args),
+        Command::Probe(args) => eval::probe(args),
+        Command::Classify(args) => eval::classify(args),
+        Command::Finetune(args) => finetune::finetune(args),
+        Command::Loss(args) => finetune::loss(args),
     }
 }
 

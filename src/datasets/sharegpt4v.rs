@@ -1,0 +1,122 @@
+//! ShareGPT4V-1k: the first 1,000 records of
+//! `share-captioner_coco_lcs_sam_1246k_1107.json` (the rest is Long-CLIP's
+//! training data). Caption = `conversations[1].value` with newlines replaced
+//! by spaces; image = `image`, relative to the image root.
+//!
+//! The file is over a gigabyte: it is read as a stream and parsing stops after
+//! the records needed.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::{json_error, Dataset, LoadOptions};
+
+pub const FILE_NAME: &str = "share-captioner_coco_lcs_sam_1246k_1107.json";
+
+#[derive(Deserialize)]
+struct Record {
+    image: String,
+    conversations: Vec<Turn>,
+}
+
+#[derive(Deserialize)]
+struct Turn {
+    value: String,
+}
+
+pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
+    let (path, dir) = if root.is_file() {
+        (root.to_path_buf(), root.parent().unwrap_or(Path::new(".")).to_path_buf())
+    } else {
+        (root.join(FILE_NAME), root.to_path_buf())
+    };
+    if !path.is_file() {
+        bail!("{}: not a ShareGPT4V layout: expected {FILE_NAME} there (the image root holds the paths it lists)", root.display());
+    }
+    let image_root = opts.image_root.clone().unwrap_or(dir);
+    let records: Vec<Record> = first_records(&path, opts.limit)?;
+    let mut data = Dataset { split: format!("first {}", opts.limit), ..Default::default() };
+    for (n, r) in records.into_iter().enumerate() {
+        let Some(turn) = r.conversations.get(1) else {
+            bail!("{}: record {n} has {} conversation turns; the caption is the second", path.display(), r.conversations.len());
+        };
+        let caption = turn.value.replace('\n', " ");
+        if caption.trim().is_empty() {
+            bail!("{}: record {n} has an empty caption", path.display());
+        }
+        data.images.push(image_root.join(&r.image));
+        data.captions.push(vec![caption]);
+    }
+    if data.images.len() < opts.limit {
+        data.notes.push(format!("{} has only {} records; all are used", path.display(), data.images.len()));
+    }
+    Ok(data)
+}
+
+/// The first `n` elements of the top-level JSON array in `path`.
+fn first_records<T: for<'de> Deserialize<'de>>(path: &Path, n: usize) -> Result<Vec<T>> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let out = RefCell::new(Vec::new());
+    let stopped = Cell::new(false);
+    match de.deserialize_seq(FirstN { n, out: &out, stopped: &stopped }) {
+        Ok(()) => Ok(out.into_inner()),
+        // We stop the parser ourselves once we have n records.
+        Err(_) if stopped.get() => Ok(out.into_inner()),
+        Err(e) => Err(json_error(path, &e)),
+    }
+}
+
+struct FirstN<'a, T> {
+    n: usize,
+    out: &'a RefCell<Vec<T>>,
+    stopped: &'a Cell<bool>,
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for FirstN<'_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of records")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while self.out.borrow().len() < self.n {
+            match seq.next_element()? {
+                Some(record) => self.out.borrow_mut().push(record),
+                None => return Ok(()),
+            }
+        }
+        self.stopped.set(true);
+        Err(de::Error::custom("stopped after the records needed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_only_the_first_records_and_ignores_what_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.json");
+        // Records after the second are broken: never parsed.
+        std::fs::write(&path, r#"[{"a": 1}, {"a": 2}, {"a": "#).unwrap();
+        #[derive(Deserialize, Debug)]
+        struct A {
+            a: u32,
+        }
+        let got: Vec<A> = first_records(&path, 2).unwrap();
+        assert_eq!(got.iter().map(|r| r.a).collect::<Vec<_>>(), [1, 2]);
+        let err = first_records::<A>(&path, 3).unwrap_err().to_string();
+        assert!(err.contains("x.json:1:"), "{err}");
+        std::fs::write(&path, "[{\"a\": 1}]").unwrap();
+        assert_eq!(first_records::<A>(&path, 5).unwrap().len(), 1);
+    }
+}
