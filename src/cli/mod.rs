@@ -13,6 +13,8 @@ use crate::model::{self, LongClip};
 use crate::tokenizer::{Tokenizer, DEFAULT_CONTEXT_LENGTH};
 use crate::{export, stretch};
 
+mod index;
+
 #[derive(Parser)]
 #[command(name = "longclip", version, about = "Long-CLIP in Rust: embed, stretch, convert and inspect checkpoints")]
 pub struct Cli {
@@ -71,6 +73,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Image search indexes: build, add, remove, import, info, export.
+    Index(index::IndexArgs),
+    /// Search an index with a (long) text, an image or many queries.
+    Search(index::SearchArgs),
+    /// Serve an index: a JSON API and a search page.
+    Serve(index::ServeArgs),
 }
 
 #[derive(Args)]
@@ -114,6 +122,9 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Info { model, json } => info(&checkpoint::load(&model)?, json),
+        Command::Index(args) => index::run_index(args),
+        Command::Search(args) => index::run_search(args),
+        Command::Serve(args) => index::run_serve(args),
     }
 }
 
