@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -156,8 +156,14 @@ async fn search_get(State(state): State<Arc<AppState>>, params: Result<Query<Sea
     run_search(state, Request { want, opts: options(k, ef, exact)? }).await
 }
 
-async fn search_post(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| ApiError::new(e.status(), format!("cannot read the request body (at most {MAX_BODY_BYTES} bytes): {e}")))?;
+async fn search_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {MAX_BODY_BYTES} bytes"));
+    // Refuse from the header, before reading a byte of an oversized body.
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| too_large())?;
     let b: SearchBody = serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("bad JSON body: {e}")))?;
     let want = match (b.text, b.image, b.like) {
         (Some(t), None, None) => Want::Text(t),

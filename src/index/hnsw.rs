@@ -97,7 +97,12 @@ impl Graph {
         // opened index, kept for the life of the process.
         let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new_with_options(dir, &info.basename, options)));
         // `{ io }` moves the reference in (FnOnce), so the graph may keep it.
+        // hnsw_rs panics on damaged files; quiet the default hook meanwhile so
+        // the user gets one clear error instead of a panic message.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || { io }.load_hnsw::<f32, DistDot>()));
+        std::panic::set_hook(hook);
         let hnsw = match loaded {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => bail!("{}: corrupt index: cannot load the HNSW graph: {e}", dir.display()),
