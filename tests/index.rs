@@ -509,6 +509,19 @@ fn empty_folders_missing_and_corrupt_indexes_give_clear_errors() {
     let err = fails(&["index", "build", "--model", s(&model()), "--images", "/no/such/folder", "--index", s(&index)]);
     assert!(err.contains("/no/such/folder"), "{err}");
 
+    // Only unusable files: the build fails, naming why, and lists them.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("broken.jpg"), b"\xff\xd8 not really").unwrap();
+    let bad_index = dir.path().join("bad-idx");
+    let err = fails(&["index", "build", "--model", s(&model()), "--images", s(&bad), "--index", s(&bad_index)]);
+    assert!(err.contains("no image could be embedded"), "{err}");
+    let info = info_json(&bad_index);
+    assert_eq!(info["count"], 0);
+    assert_eq!(info["skipped"][0]["path"], "broken.jpg");
+    let none = search_json(&["search", "--index", s(&bad_index), "--text", "x", "--json"]);
+    assert!(none.is_empty());
+
     let err = fails(&["search", "--index", "/no/such/index", "--text", "x"]);
     assert!(err.contains("/no/such/index") && err.contains("no such index"), "{err}");
     let err = fails(&["index", "info", "--index", s(&empty)]);

@@ -339,6 +339,9 @@ fn map(path: &Path) -> Result<Option<Mmap>> {
 /// Reinterprets little-endian bytes as floats. The mapping is page aligned.
 fn cast_slice<T: Copy>(bytes: &[u8]) -> &[T] {
     let size = std::mem::size_of::<T>();
+    if bytes.is_empty() {
+        return &[];
+    }
     assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0, "unaligned embedding matrix");
     // Safety: alignment checked; f16/f32 accept any bit pattern.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / size) }
