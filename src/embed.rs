@@ -105,6 +105,13 @@ pub struct ImageEmbeddings {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+/// One batch of [`Embedder::embed_images_each`].
+pub struct ImageBatch {
+    pub features: Tensor,
+    pub paths: Vec<PathBuf>,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
 pub struct Embedder<'a> {
     pub model: &'a LongClip,
     pub device: Device,
@@ -140,13 +147,33 @@ impl Embedder<'_> {
 
     /// Preprocesses the next batch on all cores while this thread encodes.
     pub fn embed_images(&self, paths: &[PathBuf]) -> Result<ImageEmbeddings> {
+        let mut parts = Vec::new();
+        let mut kept = Vec::new();
+        let mut skipped = Vec::new();
+        self.embed_images_each(paths, |batch| {
+            if !batch.paths.is_empty() {
+                parts.push(batch.features);
+            }
+            kept.extend(batch.paths);
+            skipped.extend(batch.skipped);
+            Ok(())
+        })?;
+        let features = if parts.is_empty() {
+            Tensor::zeros((0, self.model.config.embed_dim), candle_core::DType::F32, &self.device)?
+        } else {
+            Tensor::cat(&parts, 0)?
+        };
+        Ok(ImageEmbeddings { features, paths: kept, skipped })
+    }
+
+    /// The image pipeline one batch at a time, in input order: `each` gets
+    /// the features of the batch's usable images (normalized unless raw)
+    /// and the files skipped, e.g. to save finished work as it goes.
+    pub fn embed_images_each(&self, paths: &[PathBuf], mut each: impl FnMut(ImageBatch) -> Result<()>) -> Result<()> {
         let transform = Transform::clip(self.model.vision.image_size());
         let batch = self.batch_size.max(1);
         let bar = self.bar(paths.len() as u64, "images");
         let (tx, rx) = mpsc::sync_channel::<Vec<(usize, Result<Vec<f32>>)>>(1);
-        let mut parts = Vec::new();
-        let mut kept = Vec::new();
-        let mut skipped = Vec::new();
         let transform_ref = &transform;
         std::thread::scope(|scope| -> Result<()> {
             scope.spawn(move || {
@@ -159,36 +186,37 @@ impl Embedder<'_> {
                 }
                 drop(tx);
             });
+            // Owned here so an early return drops it and the producer stops.
+            let rx = rx;
             for results in rx.iter() {
                 let mut pixels = Vec::new();
                 let n = results.len();
+                let mut kept = Vec::new();
+                let mut skipped = Vec::new();
                 for (i, r) in results {
                     match r {
                         Ok(p) => {
                             pixels.extend_from_slice(&p);
-                            kept.push(i);
+                            kept.push(paths[i].clone());
                         }
                         Err(e) => skipped.push((paths[i].clone(), format!("{e:#}"))),
                     }
                 }
-                if !pixels.is_empty() {
-                    let size = transform.size;
+                let size = transform.size;
+                let features = if pixels.is_empty() {
+                    Tensor::zeros((0, self.model.config.embed_dim), candle_core::DType::F32, &self.device)?
+                } else {
                     let count = pixels.len() / (3 * size * size);
                     let t = Tensor::from_vec(pixels, (count, 3, size, size), &self.device)?;
-                    parts.push(self.model.vision.encode(&t)?);
-                }
+                    self.finish(self.model.vision.encode(&t)?)?
+                };
+                each(ImageBatch { features, paths: kept, skipped })?;
                 bar.inc(n as u64);
             }
             Ok(())
         })?;
         bar.finish_and_clear();
-        let features = if parts.is_empty() {
-            Tensor::zeros((0, self.model.config.embed_dim), candle_core::DType::F32, &self.device)?
-        } else {
-            Tensor::cat(&parts, 0)?
-        };
-        let paths = kept.into_iter().map(|i| paths[i].clone()).collect();
-        Ok(ImageEmbeddings { features: self.finish(features)?, paths, skipped })
+        Ok(())
     }
 
     fn finish(&self, features: Tensor) -> Result<Tensor> {

@@ -1,14 +1,16 @@
 //! longclip: Long-CLIP in Rust.
 //!
-//! Data flows one way: files -> tensors -> embeddings.
+//! Data flows one way: files -> tensors -> embeddings -> index -> results.
 //! [`tokenizer`] and [`preprocess`] turn texts and images into model inputs,
 //! [`checkpoint`] reads weights in any supported format, [`model`] runs the
 //! encoders, [`embed`] batches whole inputs through them, [`stretch`] and
 //! [`export`] make and write new checkpoints, and [`cli`] is the command line.
 //! Evaluation: [`datasets`] reads benchmark layouts, [`evaluate`] embeds them
 //! (with [`cache`]) and scores them with [`metrics`], [`reference`] holds the
-//! published numbers and [`plot`] draws the length probe. Fine-tuning: [`pcm`]
-//! is the loss (with [`linalg`] for its PCA) and [`finetune`] the training.
+//! published numbers and [`plot`] draws the length probe. Search: [`index`]
+//! stores embeddings (exact and HNSW), [`search`] queries them and [`serve`]
+//! is the HTTP API and page. Fine-tuning: [`pcm`] is the loss (with
+//! [`linalg`] for its PCA) and [`finetune`] the training.
 
 pub mod cache;
 pub mod checkpoint;
@@ -20,11 +22,14 @@ pub mod export;
 pub mod finetune;
 pub mod jpeg;
 pub mod linalg;
+pub mod index;
 pub mod metrics;
 pub mod model;
 pub mod pcm;
 pub mod plot;
 pub mod preprocess;
 pub mod reference;
+pub mod search;
+pub mod serve;
 pub mod stretch;
 pub mod tokenizer;

@@ -2,6 +2,7 @@
 
 mod eval;
 mod finetune;
+mod index;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -84,6 +85,12 @@ enum Command {
     Finetune(finetune::FinetuneArgs),
     /// The two PCM losses of one batch (to check a setup against the official code).
     Loss(finetune::LossArgs),
+    /// Image search indexes: build, add, remove, import, info, export.
+    Index(index::IndexArgs),
+    /// Search an index with a (long) text, an image or many queries.
+    Search(index::SearchArgs),
+    /// Serve an index: a JSON API and a search page.
+    Serve(index::ServeArgs),
 }
 
 #[derive(Args)]
@@ -135,6 +142,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Classify(args) => eval::classify(args),
         Command::Finetune(args) => finetune::finetune(args),
         Command::Loss(args) => finetune::loss(args),
+        Command::Index(args) => index::run_index(args),
+        Command::Search(args) => index::run_search(args),
+        Command::Serve(args) => index::run_serve(args),
     }
 }
 

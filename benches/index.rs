@@ -1,0 +1,195 @@
+//! Index benchmarks: import time, HNSW build time, open time, exact search
+//! QPS (one query at a time and batched), HNSW QPS and recall@10 against
+//! exact, and resident memory, on generated clustered 512-d vectors.
+//!
+//!   cargo bench --bench index                                  # 100k
+//!   LONGCLIP_BENCH_SIZES=100000,1000000 cargo bench --bench index
+//!   LONGCLIP_BENCH_HNSW=0 ...      exact only (no graph build)
+//!   LONGCLIP_BENCH_DIR=/path ...   where the vectors and indexes go (default: target/bench-index)
+//!
+//! Vectors are drawn around 1,000 random centres (clustered, as real image
+//! embeddings are; uniform noise is the worst case for any graph index).
+//! Queries are 500 fresh draws from the same distribution, not in the index.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use longclip::index::{self, Dtype, HnswParams, ImportOptions, Index};
+use longclip::search;
+
+const DIM: usize = 512;
+const CENTRES: usize = 1000;
+const QUERIES: usize = 500;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn normal(&mut self) -> f32 {
+        let u = ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
+        let v = ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
+    }
+}
+
+struct Generator {
+    centres: Vec<Vec<f32>>,
+    rng: Rng,
+}
+
+impl Generator {
+    fn new(seed: u64) -> Generator {
+        let mut rng = Rng(seed);
+        let centres = (0..CENTRES).map(|_| unit((0..DIM).map(|_| rng.normal()).collect())).collect();
+        Generator { centres, rng: Rng(seed ^ 0xABCDEF) }
+    }
+
+    /// A centre plus noise of about the centre's size (within-cluster cosine ~0.5-0.7).
+    fn draw(&mut self) -> Vec<f32> {
+        let c = (self.rng.next() % CENTRES as u64) as usize;
+        let spread = 0.03 + 0.03 * ((self.rng.next() % 100) as f32 / 100.0);
+        unit((0..DIM).map(|j| self.centres[c][j] + spread * self.rng.normal()).collect())
+    }
+}
+
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+fn write_vectors(dir: &Path, n: usize, gen: &mut Generator) -> (PathBuf, PathBuf) {
+    let npy = dir.join(format!("vectors-{n}.npy"));
+    let ids = dir.join(format!("ids-{n}.txt"));
+    if npy.exists() && ids.exists() {
+        return (npy, ids);
+    }
+    let mut w = BufWriter::with_capacity(1 << 22, std::fs::File::create(&npy).unwrap());
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({n}, {DIM}), }}");
+    let mut header = dict.into_bytes();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(b' ');
+    }
+    header.push(b'\n');
+    w.write_all(b"\x93NUMPY\x01\x00").unwrap();
+    w.write_all(&(header.len() as u16).to_le_bytes()).unwrap();
+    w.write_all(&header).unwrap();
+    for _ in 0..n {
+        for x in gen.draw() {
+            w.write_all(&x.to_le_bytes()).unwrap();
+        }
+    }
+    w.flush().unwrap();
+    let list: String = (0..n).map(|i| format!("photos/{i:07}.jpg\n")).collect();
+    std::fs::write(&ids, list).unwrap();
+    (npy, ids)
+}
+
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> f64 {
+        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    };
+    (field("VmRSS:"), field("RssFile:"))
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else to parse.
+    let sizes: Vec<usize> = std::env::var("LONGCLIP_BENCH_SIZES").unwrap_or_else(|_| "100000".into()).split(',').map(|s| s.trim().parse().expect("sizes")).collect();
+    let with_hnsw = std::env::var("LONGCLIP_BENCH_HNSW").map(|v| v != "0").unwrap_or(true);
+    let root = std::env::var("LONGCLIP_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-index")));
+    std::fs::create_dir_all(&root).unwrap();
+    println!("threads: {} (rayon)", rayon::current_num_threads());
+    for &n in &sizes {
+        bench_size(&root, n, with_hnsw);
+    }
+}
+
+fn bench_size(root: &Path, n: usize, with_hnsw: bool) {
+    println!("\n== {n} vectors x {DIM}, f16 index ==");
+    let mut gen = Generator::new(42);
+    let t = Instant::now();
+    let (npy, ids) = write_vectors(root, n, &mut gen);
+    println!("generate vectors: {:.1} s", t.elapsed().as_secs_f64());
+    let queries: Vec<Vec<f32>> = (0..QUERIES).map(|_| gen.draw()).collect();
+
+    let dir = root.join(format!("index-{n}{}", if with_hnsw { "" } else { "-exact" }));
+    if !dir.join("manifest.json").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let hnsw = with_hnsw.then(HnswParams::default);
+        let opts = ImportOptions { embeddings: npy, ids, dtype: Dtype::F16, hnsw, model: None, progress: false };
+        let t = Instant::now();
+        let m = index::import(&dir, &opts).unwrap();
+        let total = t.elapsed().as_secs_f64();
+        let graph = m.hnsw.as_ref().map_or(0.0, |h| h.build_seconds);
+        println!("import: {total:.1} s (of which HNSW build {graph:.1} s, M {}, ef_construction {})", HnswParams::default().m, HnswParams::default().ef_construction);
+    } else {
+        let m = index::read_manifest(&dir).unwrap();
+        println!("import: reused {} (HNSW build took {:.1} s)", dir.display(), m.hnsw.as_ref().map_or(0.0, |h| h.build_seconds));
+    }
+
+    let (rss0, _) = rss_mb();
+    let t = Instant::now();
+    let reps = 20;
+    for _ in 0..reps {
+        drop(Index::open(&dir).unwrap());
+    }
+    println!("open: {:.3} ms (mean of {reps})", t.elapsed().as_secs_f64() * 1000.0 / reps as f64);
+    let index = Index::open(&dir).unwrap();
+    let (rss_open, _) = rss_mb();
+    println!("resident after open: {:.0} MB (+{:.1} MB)", rss_open, rss_open - rss0);
+
+    // Exact, one query at a time (the interactive case).
+    let single = 100.min(QUERIES);
+    let t = Instant::now();
+    let mut truth = Vec::new();
+    for q in &queries[..single] {
+        truth.push(search::exact(&index, std::slice::from_ref(q), 10).remove(0));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("exact, 1 query at a time: {:.1} QPS ({:.2} ms/query)", single as f64 / secs, secs * 1000.0 / single as f64);
+    // Exact, batched (--queries): one pass over the matrix per 64 queries.
+    let t = Instant::now();
+    let mut batched = Vec::new();
+    for b in queries.chunks(64) {
+        batched.extend(search::exact(&index, b, 10));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("exact, batches of 64: {:.1} QPS", QUERIES as f64 / secs);
+    assert_eq!(batched[..single], truth[..], "batched and single exact agree");
+    let (rss_exact, file) = rss_mb();
+    println!("resident while searching exactly: {rss_exact:.0} MB ({file:.0} MB of it the mapped matrix)");
+
+    if !with_hnsw {
+        return;
+    }
+    let t = Instant::now();
+    index.graph().unwrap().unwrap();
+    println!("HNSW graph load (vectors mmapped): {:.2} s", t.elapsed().as_secs_f64());
+    let truth: Vec<Vec<(usize, f32)>> = batched;
+    for ef in [16, 32, 64, 128, 256] {
+        let opts = search::Options { k: 10, exact: false, ef: Some(ef) };
+        let t = Instant::now();
+        let mut hits = Vec::new();
+        for q in &queries {
+            hits.push(search::search_rows(&index, std::slice::from_ref(q), &opts).unwrap().remove(0));
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let mut found = 0;
+        for (h, want) in hits.iter().zip(&truth) {
+            let want: std::collections::HashSet<usize> = want.iter().map(|(r, _)| *r).collect();
+            found += h.iter().filter(|(r, _)| want.contains(r)).count();
+        }
+        println!("HNSW ef {ef:>3}: {:>7.1} QPS, recall@10 {:.3}", QUERIES as f64 / secs, found as f64 / (10 * QUERIES) as f64);
+    }
+    let (rss_h, file) = rss_mb();
+    println!("resident while searching with HNSW: {rss_h:.0} MB ({file:.0} MB file-backed)");
+}

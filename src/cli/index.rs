@@ -1,0 +1,458 @@
+//! `longclip index ...`, `longclip search` and `longclip serve`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use clap::{Args, Subcommand};
+
+use crate::checkpoint;
+use crate::embed;
+use crate::index::{self, BuildOptions, Dtype, HnswParams, ImportOptions, Index, Selection};
+use crate::model::{self, LongClip};
+use crate::search::{self, QueryEncoder};
+use crate::serve;
+
+#[derive(Args)]
+pub struct IndexArgs {
+    #[command(subcommand)]
+    command: IndexCommand,
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Embed a folder of images into a new index (resumes an interrupted build).
+    Build(BuildArgs),
+    /// Embed the files that are new or changed (size or mtime) since the index was built.
+    Add(AddArgs),
+    /// Drop entries by id or path, or those whose files are gone.
+    Remove(RemoveArgs),
+    /// Make an index from embeddings computed elsewhere (.npy [N, D] + N ids), without a model.
+    Import(ImportArgs),
+    /// The manifest, the number of entries and the skipped files with reasons.
+    Info {
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write clip-retrieval's layout (img_emb/img_emb_0.npy, metadata/metadata_0.csv) for FAISS/autofaiss.
+    Export {
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct GraphArgs {
+    /// Do not build an HNSW graph (searches are always exact scans).
+    #[arg(long)]
+    no_hnsw: bool,
+    /// HNSW neighbours per node.
+    #[arg(long, default_value_t = HnswParams::default().m)]
+    hnsw_m: usize,
+    #[arg(long, default_value_t = HnswParams::default().ef_construction)]
+    ef_construction: usize,
+    /// The default search beam recorded in the manifest.
+    #[arg(long, default_value_t = HnswParams::default().ef_search)]
+    ef_search: usize,
+}
+
+impl GraphArgs {
+    fn params(&self) -> Option<HnswParams> {
+        (!self.no_hnsw).then_some(HnswParams { m: self.hnsw_m, ef_construction: self.ef_construction, ef_search: self.ef_search })
+    }
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// A folder, searched recursively (jpg, jpeg, png, webp, gif, bmp, tif, tiff, any case).
+    #[arg(long)]
+    images: PathBuf,
+    /// The index directory to create (or resume).
+    #[arg(long)]
+    index: PathBuf,
+    /// Storage of the embedding matrix: f16 (half the size) or f32.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    #[command(flatten)]
+    graph: GraphArgs,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Images per saved chunk: the most an interrupted build has to redo.
+    #[arg(long, default_value_t = 256)]
+    chunk_size: usize,
+}
+
+#[derive(Args)]
+struct AddArgs {
+    #[arg(long)]
+    index: PathBuf,
+    /// Defaults to the checkpoint recorded in the manifest.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Defaults to the folder the index was built from.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct RemoveArgs {
+    #[arg(long)]
+    index: PathBuf,
+    /// Entry ids (as search prints them); repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    id: Vec<u64>,
+    /// Paths as stored, or any path to the same file; repeatable.
+    #[arg(long)]
+    path: Vec<String>,
+    /// Entries whose files no longer exist.
+    #[arg(long)]
+    missing: bool,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// A 2-D .npy of float16/32/64 rows (normalized on import).
+    #[arg(long)]
+    embeddings: PathBuf,
+    /// One id (path, URL, ...) per line, row order; `id<TAB>caption` keeps a caption.
+    #[arg(long)]
+    ids: PathBuf,
+    #[arg(long)]
+    index: PathBuf,
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// The model that made the embeddings: recorded so searches can check it.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    graph: GraphArgs,
+}
+
+#[derive(Args)]
+pub struct SearchArgs {
+    #[arg(long)]
+    index: PathBuf,
+    #[arg(long, group = "query")]
+    text: Option<String>,
+    /// A file holding one (long) query.
+    #[arg(long, group = "query")]
+    text_file: Option<PathBuf>,
+    #[arg(long, group = "query")]
+    image: Option<PathBuf>,
+    /// Images like the entry with this id (its stored embedding; no model needed).
+    #[arg(long, group = "query")]
+    like: Option<u64>,
+    /// Many queries (.txt one per line, .json, .jsonl): writes JSONL, one line per query.
+    #[arg(long, group = "query")]
+    queries: Option<PathBuf>,
+    /// Where --queries writes its JSONL (default: standard output).
+    #[arg(long, requires = "queries")]
+    out: Option<PathBuf>,
+    #[arg(short, long, default_value_t = 10)]
+    k: usize,
+    /// Scan every vector even when the index has an HNSW graph.
+    #[arg(long, conflicts_with = "ef")]
+    exact: bool,
+    /// HNSW search beam (uses the graph whatever the index size).
+    #[arg(long)]
+    ef: Option<usize>,
+    #[arg(long)]
+    json: bool,
+    /// Defaults to the checkpoint recorded in the manifest.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(long)]
+    index: PathBuf,
+    /// Defaults to the checkpoint recorded in the manifest.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run_index(args: IndexArgs) -> Result<()> {
+    match args.command {
+        IndexCommand::Build(a) => build(a),
+        IndexCommand::Add(a) => add(a),
+        IndexCommand::Remove(a) => remove(a),
+        IndexCommand::Import(a) => import(a),
+        IndexCommand::Info { index, json } => info(&index, json),
+        IndexCommand::Export { index, out } => {
+            let index = Index::open(&index)?;
+            index::export(&index, &out)?;
+            eprintln!("wrote {} ({} rows, {}) -> {}", "img_emb/img_emb_0.npy + metadata/metadata_0.csv", index.len(), index.manifest.dtype.name(), out.display());
+            Ok(())
+        }
+    }
+}
+
+fn load_model(path: &Path, device: &str) -> Result<(LongClip, candle_core::Device, index::ModelInfo)> {
+    let device = model::device(device)?;
+    let ckpt = checkpoint::load(path)?;
+    let info = search::model_info(&ckpt, path)?;
+    let model = LongClip::new(&ckpt, &device, DType::F32)?;
+    Ok((model, device, info))
+}
+
+fn build(a: BuildArgs) -> Result<()> {
+    let dtype = Dtype::parse(&a.dtype)?;
+    if !a.images.is_dir() {
+        bail!("{}: not a folder of images", a.images.display());
+    }
+    let (model, device, info) = load_model(&a.model, &a.run.device)?;
+    let opts = BuildOptions {
+        images: Some(a.images.clone()),
+        dtype,
+        hnsw: a.graph.params(),
+        batch_size: a.run.batch_size,
+        chunk_size: a.run.chunk_size,
+        progress: true,
+        require_existing: false,
+    };
+    let report = index::build(&a.index, &model, &device, &info, &opts)?;
+    summarize(&a.index, &report)
+}
+
+fn add(a: AddArgs) -> Result<()> {
+    let manifest = index::read_manifest(&a.index)?;
+    let model_path = match (&a.model, &manifest.model.path) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => bail!("{}: the index does not record its model: give --model", a.index.display()),
+    };
+    let (model, device, info) = load_model(&model_path, &a.run.device)?;
+    let opts = BuildOptions {
+        images: a.images.clone(),
+        dtype: manifest.dtype,
+        hnsw: None,
+        batch_size: a.run.batch_size,
+        chunk_size: a.run.chunk_size,
+        progress: true,
+        require_existing: true,
+    };
+    let report = index::build(&a.index, &model, &device, &info, &opts)?;
+    summarize(&a.index, &report)
+}
+
+fn summarize(dir: &Path, r: &index::BuildReport) -> Result<()> {
+    let done = r.embedded + r.resumed;
+    let rate = r.embedded as f64 / r.seconds.max(1e-9);
+    eprintln!(
+        "embedded {} images ({} this run, {} resumed), skipped {}, unchanged {} in {:.2} s ({rate:.1} images/s) -> {}: {} entries, {} skipped",
+        done,
+        r.embedded,
+        r.resumed,
+        r.skipped,
+        r.unchanged,
+        r.seconds,
+        dir.display(),
+        r.count,
+        r.skipped_total
+    );
+    if !r.committed {
+        eprintln!("the index is up to date");
+    }
+    if r.count == 0 {
+        bail!("{}: no image could be embedded; see `longclip index info --index {}` for the reasons", dir.display(), dir.display());
+    }
+    Ok(())
+}
+
+fn remove(a: RemoveArgs) -> Result<()> {
+    if a.id.is_empty() && a.path.is_empty() && !a.missing {
+        bail!("give --id, --path or --missing");
+    }
+    let selection = Selection { ids: a.id, paths: a.path, missing: a.missing };
+    let report = index::remove(&a.index, &selection, true)?;
+    for what in &report.not_found {
+        eprintln!("warning: {what}: not in the index");
+    }
+    eprintln!("removed {} entries -> {}: {} entries", report.removed, a.index.display(), report.count);
+    Ok(())
+}
+
+fn import(a: ImportArgs) -> Result<()> {
+    let model = match &a.model {
+        Some(p) => Some(search::model_info(&checkpoint::load(p)?, p)?),
+        None => None,
+    };
+    let start = Instant::now();
+    let opts = ImportOptions { embeddings: a.embeddings.clone(), ids: a.ids.clone(), dtype: Dtype::parse(&a.dtype)?, hnsw: a.graph.params(), model, progress: true };
+    let m = index::import(&a.index, &opts)?;
+    eprintln!("imported {} vectors of {} dimensions in {:.2} s -> {}", m.count, m.dim, start.elapsed().as_secs_f64(), a.index.display());
+    Ok(())
+}
+
+fn info(dir: &Path, json: bool) -> Result<()> {
+    let index = Index::open(dir)?;
+    let m = &index.manifest;
+    let skipped = index.skipped()?;
+    if json {
+        let skipped: Vec<serde_json::Value> = skipped.iter().map(|s| serde_json::json!({ "path": s.path, "reason": s.reason })).collect();
+        let value = serde_json::json!({
+            "index": dir.display().to_string(),
+            "count": m.count,
+            "dim": m.dim,
+            "dtype": m.dtype,
+            "model": m.model,
+            "root": m.root,
+            "created": m.created,
+            "updated": m.updated,
+            "format_version": m.format_version,
+            "generation": m.generation,
+            "hnsw": m.hnsw,
+            "skipped": skipped,
+            "manifest": m,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("index       {}", dir.display());
+    println!("format      {} v{} (generation {})", m.format, m.format_version, m.generation);
+    println!("entries     {}", m.count);
+    println!("embeddings  {} x {} {}", m.count, m.dim, m.dtype.name());
+    println!("model       {}", m.model.path.as_deref().unwrap_or("(not recorded: imported)"));
+    println!("fingerprint {}", m.model.fingerprint.as_deref().unwrap_or("-"));
+    println!("root        {}", m.root.as_deref().unwrap_or("-"));
+    println!("created     {}", m.created);
+    println!("updated     {}", m.updated);
+    match &m.hnsw {
+        Some(h) => println!("hnsw        M {}, ef_construction {}, ef_search {} (built in {:.1} s)", h.params.m, h.params.ef_construction, h.params.ef_search, h.build_seconds),
+        None => println!("hnsw        none (exact search only)"),
+    }
+    println!("skipped     {}", skipped.len());
+    for s in &skipped {
+        println!("  {}: {}", s.path, s.reason);
+    }
+    Ok(())
+}
+
+pub fn run_search(a: SearchArgs) -> Result<()> {
+    if a.k == 0 || a.k > search::MAX_K {
+        bail!("-k must be between 1 and {}", search::MAX_K);
+    }
+    let index = Index::open(&a.index)?;
+    let opts = search::Options { k: a.k, exact: a.exact, ef: a.ef };
+    if let Some(id) = a.like {
+        let row = index.row_of_id(id).with_context(|| format!("{}: no entry with id {id}", a.index.display()))?;
+        let hits = search::search(&index, &[index.row_vec(row)], &opts)?;
+        return print_hits(&hits[0], a.json);
+    }
+    let encoder = QueryEncoder::for_index(&index, a.model.as_deref(), &a.device)?;
+    let ctx = encoder.model.text.context_length();
+    if let Some(path) = &a.queries {
+        return batch(&index, &encoder, path, a.out.as_deref(), &opts, ctx);
+    }
+    let query = match (&a.text, &a.text_file, &a.image) {
+        (Some(t), _, _) => text_query(&encoder, t, ctx)?,
+        (_, Some(f), _) => {
+            let t = std::fs::read_to_string(f).with_context(|| format!("{}: cannot read", f.display()))?;
+            text_query(&encoder, t.trim(), ctx)?
+        }
+        (_, _, Some(p)) => encoder.image_path(p)?,
+        _ => bail!("give --text, --text-file, --image, --like or --queries"),
+    };
+    let start = Instant::now();
+    let hits = search::search(&index, &[query.vector], &opts)?;
+    if !a.json {
+        let method = search::method(&index, &opts);
+        eprintln!("searched {} vectors ({method:?}) in {:.1} ms", index.len(), start.elapsed().as_secs_f64() * 1000.0);
+    }
+    print_hits(&hits[0], a.json)
+}
+
+fn text_query(encoder: &QueryEncoder, text: &str, ctx: usize) -> Result<search::Query> {
+    if text.trim().is_empty() {
+        bail!("the query is empty");
+    }
+    let q = encoder.text(text)?;
+    if q.truncated {
+        eprintln!("warning: the query is longer than {ctx} tokens and was truncated to its first {ctx} (Long-CLIP's context)");
+    }
+    Ok(q)
+}
+
+fn print_hits(hits: &[search::Hit], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(hits)?);
+        return Ok(());
+    }
+    println!("{:>4}  {:>7}  {:>8}  path", "rank", "score", "id");
+    for h in hits {
+        println!("{:>4}  {:>7.4}  {:>8}  {}", h.rank, h.score, h.id, h.path);
+    }
+    Ok(())
+}
+
+/// `--queries`: encodes in batches, searches them all at once, writes JSONL.
+fn batch(index: &Index, encoder: &QueryEncoder, path: &Path, out: Option<&Path>, opts: &search::Options, ctx: usize) -> Result<()> {
+    let texts = embed::read_texts(path)?;
+    if texts.is_empty() {
+        bail!("{}: no queries", path.display());
+    }
+    let start = Instant::now();
+    let queries = encoder.texts(&texts)?;
+    let encoded = start.elapsed().as_secs_f64();
+    let truncated: Vec<usize> = queries.iter().enumerate().filter(|(_, q)| q.truncated).map(|(i, _)| i).collect();
+    let vectors: Vec<Vec<f32>> = queries.into_iter().map(|q| q.vector).collect();
+    let hits = search::search(index, &vectors, opts)?;
+    let mut lines = Vec::new();
+    for (i, (text, h)) in texts.iter().zip(&hits).enumerate() {
+        let line = serde_json::json!({ "query": text, "index": i, "truncated": truncated.contains(&i), "results": h });
+        serde_json::to_writer(&mut lines, &line)?;
+        lines.push(b'\n');
+    }
+    match out {
+        Some(p) => crate::export::write_atomic(p, &lines)?,
+        None => std::io::stdout().write_all(&lines)?,
+    }
+    let total = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{} queries in {total:.2} s (encoding {encoded:.2} s, search {:.3} s, {:.0} queries/s searched)",
+        texts.len(),
+        total - encoded,
+        texts.len() as f64 / (total - encoded).max(1e-9)
+    );
+    if !truncated.is_empty() {
+        eprintln!("warning: {} queries were longer than {ctx} tokens and were truncated", truncated.len());
+    }
+    Ok(())
+}
+
+pub fn run_serve(a: ServeArgs) -> Result<()> {
+    let index = Index::open(&a.index)?;
+    let encoder = if a.model.is_none() && index.manifest.model.path.is_none() {
+        eprintln!("warning: the index records no model and no --model was given: only like=ID searches will work");
+        None
+    } else {
+        Some(QueryEncoder::for_index(&index, a.model.as_deref(), &a.device)?)
+    };
+    eprintln!("serving {} ({} images); Ctrl-C stops", a.index.display(), index.len());
+    serve::run(serve::AppState { index, encoder }, &a.addr)
+}

@@ -1,0 +1,357 @@
+//! Building and updating an index from a folder of images, resumably.
+//!
+//! Work is saved in `DIR/staging/` as it goes: every chunk of images
+//! (embedded or skipped) becomes `chunk-N.f32` + `chunk-N.json`, the JSON
+//! renamed into place last. A build that dies (kill -9, power loss, disk
+//! full) is rerun with the same command: it lists the folder again, leaves
+//! out every file already in the index or in a finished chunk, embeds the
+//! rest, and commits one new generation with every image exactly once.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use super::hnsw::HnswParams;
+use super::write::{lock, Base, Commit};
+use super::{Dtype, Entry, Index, ModelInfo, Skipped, MANIFEST, STAGING_DIR};
+use crate::embed::Embedder;
+use crate::model::LongClip;
+use crate::preprocess::is_image_path;
+
+/// Set to N, a build aborts (like kill -9) right after saving chunk N: the
+/// crash the resume tests replay.
+pub const CRASH_AFTER_CHUNKS_ENV: &str = "LONGCLIP_TEST_CRASH_AFTER_CHUNKS";
+
+pub struct BuildOptions {
+    /// The folder to index; `add` defaults to the index's root.
+    pub images: Option<PathBuf>,
+    /// For a new index; an existing one keeps its dtype.
+    pub dtype: Dtype,
+    /// For a new index (None: no graph); an existing one keeps its setting.
+    pub hnsw: Option<HnswParams>,
+    pub batch_size: usize,
+    /// Images per saved chunk (the most a crash can lose).
+    pub chunk_size: usize,
+    pub progress: bool,
+    /// `index add`: the index must exist already.
+    pub require_existing: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct BuildReport {
+    /// Embedded by this run.
+    pub embedded: usize,
+    /// Embedded by an interrupted run and taken from staging.
+    pub resumed: usize,
+    /// Files found unusable by this run (or its interrupted predecessor).
+    pub skipped: usize,
+    /// Already in the index, same size and mtime.
+    pub unchanged: usize,
+    /// Entries removed because their file changed and no longer decodes.
+    pub count: usize,
+    pub skipped_total: usize,
+    pub seconds: f64,
+    pub committed: bool,
+}
+
+/// A file found in the folder.
+struct Found {
+    path: PathBuf,
+    key: String,
+    size: u64,
+    mtime: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Chunk {
+    fingerprint: Option<String>,
+    dim: usize,
+    entries: Vec<Staged>,
+    skipped: Vec<Skipped>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct Staged {
+    path: String,
+    size: u64,
+    mtime: i64,
+}
+
+/// `index build` and `index add`: embeds what is new or changed and commits.
+pub fn build(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, opts: &BuildOptions) -> Result<BuildReport> {
+    let start = Instant::now();
+    if opts.require_existing && !dir.join(MANIFEST).exists() {
+        bail!("{}: no index there (no {MANIFEST}); create one with `longclip index build`", dir.display());
+    }
+    let _lock = lock(dir)?;
+    let existing = if dir.join(MANIFEST).exists() { Some(Index::open(dir)?) } else { None };
+    if let Some(index) = &existing {
+        crate::search::check_model(index, info)?;
+    }
+    let root = match (&opts.images, &existing) {
+        (Some(images), _) => images.canonicalize().with_context(|| format!("{}: cannot open the image folder", images.display()))?,
+        (None, Some(index)) => PathBuf::from(index.manifest.root.clone().context("this index was imported: give --images")?),
+        (None, None) => bail!("give --images"),
+    };
+    if !root.is_dir() {
+        bail!("{}: not a directory", root.display());
+    }
+    let index_root = existing.as_ref().and_then(|i| i.manifest.root.clone()).unwrap_or_else(|| root.display().to_string());
+    let (found, others, unreadable) = walk(&root, Path::new(&index_root))?;
+
+    let staging = dir.join(STAGING_DIR);
+    let chunks = read_staging(&staging, info)?;
+    let staged: HashSet<&str> = chunks.iter().flat_map(|(_, c)| c.entries.iter().map(|e| e.path.as_str()).chain(c.skipped.iter().map(|s| s.path.as_str()))).collect();
+    let mut report = BuildReport { resumed: chunks.iter().map(|(_, c)| c.entries.len()).sum(), ..Default::default() };
+    report.skipped = chunks.iter().map(|(_, c)| c.skipped.len()).sum();
+
+    let entries = match &existing {
+        Some(index) => index.entries()?,
+        None => Vec::new(),
+    };
+    let old_skipped = match &existing {
+        Some(index) => index.skipped()?,
+        None => Vec::new(),
+    };
+    let mut current: HashMap<&str, (Option<u64>, Option<i64>)> = HashMap::new();
+    for s in &old_skipped {
+        current.insert(s.path.as_str(), (s.size, s.mtime));
+    }
+    for e in &entries {
+        current.insert(e.path.as_str(), (e.size, e.mtime));
+    }
+    let mut todo = Vec::new();
+    for f in &found {
+        if staged.contains(f.key.as_str()) {
+            continue;
+        }
+        if current.get(f.key.as_str()) == Some(&(Some(f.size), Some(f.mtime))) {
+            report.unchanged += 1;
+            continue;
+        }
+        todo.push(f);
+    }
+    if existing.is_none() && found.is_empty() && chunks.is_empty() {
+        bail!("{}: no images found (jpg, jpeg, png, webp, gif, bmp, tif, tiff; searched recursively)", root.display());
+    }
+    if report.resumed + report.skipped > 0 {
+        eprintln!("resuming: {} images already embedded and {} skipped by an interrupted run", report.resumed, report.skipped);
+    }
+
+    let mut chunks = chunks;
+    if !todo.is_empty() {
+        let embedder = Embedder { model, device: device.clone(), batch_size: opts.batch_size, normalize: true, progress: opts.progress };
+        let dim = model.config.embed_dim;
+        let done = embed_in_chunks(&embedder, &todo, &staging, info, dim, opts.chunk_size, chunks.last().map_or(0, |(n, _)| *n))?;
+        report.embedded = done.iter().map(|(_, c)| c.entries.len()).sum();
+        report.skipped += done.iter().map(|(_, c)| c.skipped.len()).sum::<usize>();
+        chunks.extend(done);
+    }
+
+    // The new skipped list: files that are still there, minus what was redone.
+    let redone: HashSet<&str> = chunks.iter().flat_map(|(_, c)| c.entries.iter().map(|e| e.path.as_str()).chain(c.skipped.iter().map(|s| s.path.as_str()))).collect();
+    let mut skipped: Vec<Skipped> = old_skipped
+        .iter()
+        .filter(|s| !redone.contains(s.path.as_str()) && super::resolve(Some(&index_root), &s.path).exists())
+        .cloned()
+        .collect();
+    let known: HashSet<String> = skipped.iter().map(|s| s.path.clone()).collect();
+    let mut extra: Vec<Skipped> = others.into_iter().chain(unreadable).filter(|s| !known.contains(&s.path) && !redone.contains(s.path.as_str())).collect();
+    let changed_skips = !extra.is_empty() || existing.as_ref().is_some_and(|i| i.manifest.skipped_count != skipped.len());
+    skipped.append(&mut extra);
+    for (_, c) in &chunks {
+        skipped.extend(c.skipped.iter().cloned());
+    }
+
+    if existing.is_some() && chunks.is_empty() && !changed_skips {
+        report.count = existing.as_ref().map_or(0, |i| i.len());
+        report.skipped_total = skipped.len();
+        report.seconds = start.elapsed().as_secs_f64();
+        let _ = std::fs::remove_dir_all(&staging);
+        return Ok(report);
+    }
+
+    let (dtype, hnsw, base) = match &existing {
+        Some(index) => (index.manifest.dtype, index.manifest.hnsw.as_ref().map(|h| h.params), Base::from_manifest(&index.manifest)),
+        None => (opts.dtype, opts.hnsw, Base { model: info.clone(), root: Some(index_root.clone()), created: None, generation: 0, next_id: 0 }),
+    };
+    let dim = info.embed_dim;
+    let commit = Commit { dir, dtype, dim, hnsw, base, progress: opts.progress };
+    let manifest = commit.run(&skipped, |w| {
+        let mut row = vec![0f32; dim];
+        if let Some(index) = &existing {
+            for (r, e) in entries.iter().enumerate() {
+                if !redone.contains(e.path.as_str()) {
+                    index.row(r, &mut row);
+                    w.push(e, &row)?;
+                }
+            }
+        }
+        for (n, chunk) in &chunks {
+            let data = read_f32(&staging.join(format!("chunk-{n:06}.f32")), chunk.entries.len() * dim)?;
+            for (e, v) in chunk.entries.iter().zip(data.chunks_exact(dim)) {
+                let id = w.take_id();
+                w.push(&Entry { id, path: e.path.clone(), size: Some(e.size), mtime: Some(e.mtime), caption: None }, v)?;
+            }
+        }
+        Ok(())
+    })?;
+    // Committed: the staged chunks are in the index now.
+    let _ = std::fs::remove_dir_all(&staging);
+    report.committed = true;
+    report.count = manifest.count;
+    report.skipped_total = manifest.skipped_count;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Embeds `todo` batch by batch, saving a chunk every `chunk_size` files
+/// (or minute) so a crash loses at most one chunk.
+fn embed_in_chunks(embedder: &Embedder, todo: &[&Found], staging: &Path, info: &ModelInfo, dim: usize, chunk_size: usize, last: usize) -> Result<Vec<(usize, Chunk)>> {
+    std::fs::create_dir_all(staging).with_context(|| format!("{}: cannot create", staging.display()))?;
+    let by_path: HashMap<&Path, &Found> = todo.iter().map(|f| (f.path.as_path(), *f)).collect();
+    let paths: Vec<PathBuf> = todo.iter().map(|f| f.path.clone()).collect();
+    let crash_after: Option<usize> = std::env::var(CRASH_AFTER_CHUNKS_ENV).ok().and_then(|v| v.parse().ok());
+    let new_chunk = || Chunk { fingerprint: info.fingerprint.clone(), dim, entries: Vec::new(), skipped: Vec::new() };
+    let mut done = Vec::new();
+    let mut pending = new_chunk();
+    let mut rows: Vec<f32> = Vec::new();
+    let mut since = Instant::now();
+    let mut next = last + 1;
+    let mut flush = |pending: &mut Chunk, rows: &mut Vec<f32>, done: &mut Vec<(usize, Chunk)>| -> Result<()> {
+        if pending.entries.is_empty() && pending.skipped.is_empty() {
+            return Ok(());
+        }
+        save_chunk(staging, next, pending, rows)?;
+        done.push((next, std::mem::replace(pending, new_chunk())));
+        rows.clear();
+        if crash_after == Some(done.len()) {
+            eprintln!("{CRASH_AFTER_CHUNKS_ENV}: aborting after chunk {next}");
+            std::process::abort();
+        }
+        next += 1;
+        Ok(())
+    };
+    embedder.embed_images_each(&paths, |batch| {
+        let features = batch.features.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        rows.extend_from_slice(&features);
+        for p in &batch.paths {
+            let f = by_path[p.as_path()];
+            pending.entries.push(Staged { path: f.key.clone(), size: f.size, mtime: f.mtime });
+        }
+        for (p, why) in &batch.skipped {
+            let f = by_path[p.as_path()];
+            pending.skipped.push(Skipped { path: f.key.clone(), reason: why.replace('\n', " "), size: Some(f.size), mtime: Some(f.mtime) });
+        }
+        if pending.entries.len() + pending.skipped.len() >= chunk_size.max(1) || since.elapsed().as_secs() >= 60 {
+            flush(&mut pending, &mut rows, &mut done)?;
+            since = Instant::now();
+        }
+        Ok(())
+    })?;
+    flush(&mut pending, &mut rows, &mut done)?;
+    Ok(done)
+}
+
+fn save_chunk(staging: &Path, n: usize, chunk: &Chunk, rows: &[f32]) -> Result<()> {
+    let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+    crate::export::write_atomic(&staging.join(format!("chunk-{n:06}.f32")), &bytes)?;
+    // The JSON is the chunk's commit: written last.
+    crate::export::write_atomic(&staging.join(format!("chunk-{n:06}.json")), &serde_json::to_vec(chunk)?)
+}
+
+/// Finished chunks of an interrupted run, in order. Chunks made with another
+/// model, or damaged, are dropped (their files are embedded again).
+fn read_staging(staging: &Path, info: &ModelInfo) -> Result<Vec<(usize, Chunk)>> {
+    let Ok(listing) = std::fs::read_dir(staging) else { return Ok(Vec::new()) };
+    let mut chunks = Vec::new();
+    for entry in listing.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(n) = name.strip_prefix("chunk-").and_then(|r| r.strip_suffix(".json")).and_then(|n| n.parse::<usize>().ok()) else { continue };
+        let chunk: Option<Chunk> = std::fs::read(entry.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let data_len = std::fs::metadata(staging.join(format!("chunk-{n:06}.f32"))).map(|m| m.len()).ok();
+        match chunk {
+            Some(c) if c.fingerprint == info.fingerprint && c.dim == info.embed_dim && data_len == Some((c.entries.len() * c.dim * 4) as u64) => chunks.push((n, c)),
+            _ => {
+                eprintln!("warning: {}: dropping a staged chunk from another model or a damaged one", entry.path().display());
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    chunks.sort_by_key(|(n, _)| *n);
+    Ok(chunks)
+}
+
+fn read_f32(path: &Path, count: usize) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read staged embeddings", path.display()))?;
+    if bytes.len() != count * 4 {
+        bail!("{}: staged embeddings have the wrong size", path.display());
+    }
+    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect())
+}
+
+/// Lists the folder recursively, sorted by path: image files with their size
+/// and mtime, other files (skipped: not an image), and unreadable entries.
+/// Hidden files and folders (dot names) are left out; symlinked folders are
+/// not followed (no loops).
+fn walk(root: &Path, index_root: &Path) -> Result<(Vec<Found>, Vec<Skipped>, Vec<Skipped>)> {
+    let mut files = Vec::new();
+    let mut unreadable = Vec::new();
+    walk_dir(root, &mut files, &mut unreadable)?;
+    files.sort();
+    let key = |p: &Path| match p.strip_prefix(index_root) {
+        Ok(rel) => rel.display().to_string(),
+        Err(_) => p.display().to_string(),
+    };
+    let mut found = Vec::new();
+    let mut others = Vec::new();
+    for path in files {
+        let k = key(&path);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                unreadable.push(Skipped { path: k, reason: format!("cannot read file: {e}"), size: None, mtime: None });
+                continue;
+            }
+        };
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as i64);
+        if is_image_path(&path) {
+            found.push(Found { path, key: k, size: meta.len(), mtime });
+        } else {
+            others.push(Skipped { path: k, reason: "not an image (unsupported file extension)".into(), size: Some(meta.len()), mtime: Some(mtime) });
+        }
+    }
+    for s in &mut unreadable {
+        if let Ok(rel) = Path::new(&s.path).strip_prefix(index_root) {
+            s.path = rel.display().to_string();
+        }
+    }
+    Ok((found, others, unreadable))
+}
+
+fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>, unreadable: &mut Vec<Skipped>) -> Result<()> {
+    let listing = match std::fs::read_dir(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            unreadable.push(Skipped { path: dir.display().to_string(), reason: format!("cannot list directory: {e}"), size: None, mtime: None });
+            return Ok(());
+        }
+    };
+    for entry in listing.flatten() {
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => walk_dir(&path, out, unreadable)?,
+            Ok(t) if t.is_file() => out.push(path),
+            Ok(t) if t.is_symlink() && path.is_file() => out.push(path),
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,720 @@
+//! Indexes end to end through the binary: build over generated images with
+//! the tiny random model, search (exact and HNSW against a brute-force
+//! ranking of the same embeddings), resume after a crash, add/remove, the
+//! writer lock, import/export, and bad input of every kind named in issue 3.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::Tensor;
+use common::*;
+use longclip::index::Index;
+
+fn longclip(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_longclip")).args(args).output().expect("runs")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = longclip(args);
+    assert!(out.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = longclip(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    stderr
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn model() -> PathBuf {
+    fixture("tiny-longclip.pt")
+}
+
+/// A picture that differs by `seed`: two colour gradients and a square.
+fn picture(seed: u32, size: u32) -> image::RgbImage {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        (x % 256) as u8
+    };
+    let (a, b, c, d) = (next(), next(), next(), next());
+    let (sx, sy, sw) = (next() as u32 % size, next() as u32 % size, size / 4 + next() as u32 % (size / 2));
+    image::RgbImage::from_fn(size, size, |i, j| {
+        if i >= sx && i < sx + sw && j >= sy && j < sy + sw {
+            image::Rgb([d, 255 - a, b])
+        } else {
+            let t = (i * 255 / size) as u8;
+            let u = (j * 255 / size) as u8;
+            image::Rgb([a.wrapping_add(t / 2), b.wrapping_add(u / 2), c ^ (t / 4)])
+        }
+    })
+}
+
+/// `n` images in nested folders, PNG and JPEG, extensions in mixed case.
+fn make_images(dir: &Path, n: u32, first_seed: u32) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let sub = dir.join(format!("set{}", i % 3)).join(if i % 2 == 0 { "a" } else { "b" });
+        std::fs::create_dir_all(&sub).unwrap();
+        let seed = first_seed + i;
+        let ext = ["png", "jpg", "PNG", "JPEG", "Jpg"][i as usize % 5];
+        let path = sub.join(format!("img{seed:04}.{ext}"));
+        let img = picture(seed, 48 + (i % 4) * 16);
+        let format = if ext.eq_ignore_ascii_case("png") { image::ImageFormat::Png } else { image::ImageFormat::Jpeg };
+        img.save_with_format(&path, format).unwrap();
+        out.push(path);
+    }
+    out.sort();
+    out
+}
+
+fn info_json(index: &Path) -> serde_json::Value {
+    serde_json::from_slice(&ok(&["index", "info", "--index", s(index), "--json"]).stdout).unwrap()
+}
+
+fn search_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = ok(args);
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Brute force in f64 over the index's own stored rows: (row, score), best first.
+fn brute_force(index: &Index, query: &[f32]) -> Vec<(usize, f64)> {
+    let mut all: Vec<(usize, f64)> = (0..index.len())
+        .map(|r| (r, index.row_vec(r).iter().zip(query).map(|(a, b)| *a as f64 * *b as f64).sum()))
+        .collect();
+    all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    all
+}
+
+/// The query embedding the way `longclip embed` makes it (an independent path).
+fn embed_text(dir: &Path, text: &str) -> Vec<f32> {
+    let file = dir.join("query.json");
+    std::fs::write(&file, serde_json::to_string(&vec![text]).unwrap()).unwrap();
+    let out = dir.join("query.npy");
+    ok(&["embed", "--model", s(&model()), "--texts", s(&file), "--out", s(&out)]);
+    rows(&Tensor::read_npy(&out).unwrap()).remove(0)
+}
+
+/// Results must be the brute-force ranking: same scores (to f32 rounding),
+/// and the same rows wherever the scores are not tied.
+fn assert_matches_brute_force(index: &Index, hits: &[serde_json::Value], query: &[f32], what: &str) {
+    let want = brute_force(index, query);
+    assert_eq!(hits.len(), 10.min(index.len()), "{what}");
+    for (i, h) in hits.iter().enumerate() {
+        let (row, score) = want[i];
+        let got = h["score"].as_f64().unwrap();
+        assert!((got - score).abs() < 1e-5, "{what}: rank {} score {got} vs brute force {score}", i + 1);
+        assert_eq!(h["rank"], i + 1);
+        let entry = index.entry(row).unwrap();
+        let tied = want.iter().filter(|(_, s)| (s - score).abs() < 1e-6).count() > 1;
+        if !tied {
+            assert_eq!(h["id"].as_u64().unwrap(), entry.id, "{what}: rank {}", i + 1);
+            assert_eq!(h["path"].as_str().unwrap(), index.resolve(&entry).display().to_string());
+        }
+    }
+}
+
+#[test]
+fn build_search_exact_and_hnsw_equal_brute_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("photos");
+    let files = make_images(&images, 40, 1);
+    std::fs::write(images.join("notes.txt"), "not an image").unwrap();
+    let index = dir.path().join("idx");
+    let run = ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index), "--dtype", "f32", "--batch-size", "7"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("embedded 40 images") && stderr.contains("images/s"), "{stderr}");
+
+    let info = info_json(&index);
+    assert_eq!(info["count"], 40);
+    assert_eq!(info["dim"], 64);
+    assert_eq!(info["dtype"], "f32");
+    assert!(info["model"]["fingerprint"].as_str().unwrap().starts_with("sha256:"));
+    let skipped = info["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0]["path"], "notes.txt");
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("not an image"));
+    assert_eq!(info["hnsw"]["m"], 16);
+
+    // The stored rows are what `longclip embed` computes for the same files.
+    let npy = dir.path().join("ref.npy");
+    ok(&["embed", "--model", s(&model()), "--images", s(&images), "--out", s(&npy)]);
+    let reference = rows(&Tensor::read_npy(&npy).unwrap());
+    let opened = Index::open(&index).unwrap();
+    let by_path: BTreeMap<String, usize> = (0..opened.len()).map(|r| (opened.resolve(&opened.entry(r).unwrap()).display().to_string(), r)).collect();
+    let canonical: Vec<String> = files.iter().map(|f| f.canonicalize().unwrap().display().to_string()).collect();
+    assert_eq!(by_path.keys().cloned().collect::<BTreeSet<_>>(), canonical.iter().cloned().collect::<BTreeSet<_>>(), "every image once");
+    for (i, path) in canonical.iter().enumerate() {
+        let c = cosine(&opened.row_vec(by_path[path]), &reference[i]);
+        assert!(c > 0.99999, "{path}: cosine {c}");
+    }
+
+    let text = "a small bright square on a smooth gradient background, like a label on a wall";
+    let query = embed_text(dir.path(), text);
+    let exact = search_json(&["search", "--index", s(&index), "--text", text, "--exact", "--json"]);
+    assert_matches_brute_force(&opened, &exact, &query, "exact");
+    // Below the HNSW threshold the default is the exact scan.
+    let default = search_json(&["search", "--index", s(&index), "--text", text, "--json"]);
+    assert_eq!(default, exact);
+    // The graph with a wide beam finds the true top 10 of 40.
+    let hnsw = search_json(&["search", "--index", s(&index), "--text", text, "--ef", "64", "--json"]);
+    assert_matches_brute_force(&opened, &hnsw, &query, "hnsw");
+    let k3 = search_json(&["search", "--index", s(&index), "--text", text, "-k", "3", "--json"]);
+    assert_eq!(k3[..], exact[..3]);
+
+    // An image query ranks the image itself first.
+    let hits = search_json(&["search", "--index", s(&index), "--image", s(&files[7]), "--json"]);
+    assert_eq!(hits[0]["path"], canonical[7]);
+    assert!(hits[0]["score"].as_f64().unwrap() > 0.9999);
+    // More like an entry: its own stored row, no model needed.
+    let id = hits[3]["id"].as_u64().unwrap().to_string();
+    let like = search_json(&["search", "--index", s(&index), "--like", &id, "--json"]);
+    assert_eq!(like[0]["id"].as_u64().unwrap().to_string(), id);
+
+    // The plain output is a table with the same order.
+    let table = String::from_utf8(ok(&["search", "--index", s(&index), "--text", text]).stdout).unwrap();
+    assert!(table.lines().nth(1).unwrap().contains(exact[0]["path"].as_str().unwrap()), "{table}");
+}
+
+#[test]
+fn f16_index_matches_brute_force_over_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    make_images(&images, 25, 100);
+    let index = dir.path().join("idx");
+    ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index)]);
+    let opened = Index::open(&index).unwrap();
+    assert_eq!(opened.manifest.dtype, longclip::index::Dtype::F16);
+    let size = std::fs::metadata(index.join(&opened.manifest.files.embeddings)).unwrap().len();
+    assert_eq!(size, 25 * 64 * 2, "raw row-major f16");
+    let text = "green and violet stripes";
+    let query = embed_text(dir.path(), text);
+    let hits = search_json(&["search", "--index", s(&index), "--text", text, "--exact", "--json"]);
+    assert_matches_brute_force(&opened, &hits, &query, "f16 exact");
+    let hnsw = search_json(&["search", "--index", s(&index), "--text", text, "--ef", "50", "--json"]);
+    assert_matches_brute_force(&opened, &hnsw, &query, "f16 hnsw");
+}
+
+#[test]
+fn long_queries_are_truncated_with_a_warning_and_batches_write_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    make_images(&images, 12, 7);
+    let index = dir.path().join("idx");
+    ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index), "--no-hnsw"]);
+    let long = "a very long and detailed description of a street scene with many small things ".repeat(30);
+    let out = ok(&["search", "--index", s(&index), "--text", &long, "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("truncated") && stderr.contains("248"), "{stderr}");
+    let hits: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hits.len(), 10);
+
+    let file = dir.path().join("q.txt");
+    std::fs::write(&file, long.trim()).unwrap();
+    let from_file = search_json(&["search", "--index", s(&index), "--text-file", s(&file), "--json"]);
+    assert_eq!(from_file, hits);
+
+    let queries = dir.path().join("queries.txt");
+    std::fs::write(&queries, format!("a red square\n{}\nblue sky over a grey road\n", long.trim())).unwrap();
+    let jsonl = dir.path().join("out.jsonl");
+    let run = ok(&["search", "--index", s(&index), "--queries", s(&queries), "--out", s(&jsonl), "-k", "5"]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("1 queries were longer"));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[1]["truncated"], true);
+    for line in &lines {
+        let text = line["query"].as_str().unwrap();
+        let single = search_json(&["search", "--index", s(&index), "--text", text, "-k", "5", "--json"]);
+        let got = line["results"].as_array().unwrap();
+        for (a, b) in got.iter().zip(&single) {
+            assert_eq!(a["id"], b["id"]);
+            assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-5);
+        }
+    }
+}
+
+/// Every file of the folder exactly once, keyed by resolved path.
+fn paths_in(index: &Path) -> Vec<String> {
+    let opened = Index::open(index).unwrap();
+    let mut paths: Vec<String> = (0..opened.len()).map(|r| opened.resolve(&opened.entry(r).unwrap()).display().to_string()).collect();
+    paths.sort();
+    paths
+}
+
+#[test]
+fn a_crashed_build_resumes_and_ends_with_every_image_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    let files = make_images(&images, 30, 300);
+    let index = dir.path().join("idx");
+    let m = model();
+    let args = ["index", "build", "--model", s(&m), "--images", s(&images), "--index", s(&index), "--batch-size", "2", "--chunk-size", "4", "--dtype", "f32"];
+    let crashed = Command::new(env!("CARGO_BIN_EXE_longclip")).args(args).env(longclip::index::CRASH_AFTER_CHUNKS_ENV, "2").output().unwrap();
+    assert!(!crashed.status.success(), "the simulated crash must kill the build");
+    assert!(!index.join("manifest.json").exists(), "nothing committed");
+    let staged = std::fs::read_dir(index.join("staging")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".json")).count();
+    assert_eq!(staged, 2);
+    // A reader is told what happened, no panic.
+    let err = fails(&["search", "--index", s(&index), "--text", "x"]);
+    assert!(err.contains("not a longclip index") && err.contains("interrupted build"), "{err}");
+
+    // The same command resumes; the dead build's lock does not block it.
+    let run = ok(&args);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("resuming: 8 images"), "{stderr}");
+    assert!(stderr.contains("22 this run, 8 resumed"), "{stderr}");
+    let want: Vec<String> = files.iter().map(|f| f.canonicalize().unwrap().display().to_string()).collect();
+    assert_eq!(paths_in(&index), want);
+    assert!(!index.join("staging").exists());
+
+    // Same embeddings as a build that never crashed.
+    let clean = dir.path().join("clean");
+    ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&clean), "--dtype", "f32"]);
+    let (a, b) = (Index::open(&index).unwrap(), Index::open(&clean).unwrap());
+    let rows_by_path = |ix: &Index| -> BTreeMap<String, Vec<f32>> { (0..ix.len()).map(|r| (ix.resolve(&ix.entry(r).unwrap()).display().to_string(), ix.row_vec(r))).collect() };
+    let (ra, rb) = (rows_by_path(&a), rows_by_path(&b));
+    for (path, row) in &ra {
+        let c = cosine(row, &rb[path]);
+        assert!(c > 0.99999, "{path}: {c}");
+    }
+    // Rerunning a finished build changes nothing.
+    let again = ok(&args);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("up to date"));
+    assert_eq!(Index::open(&index).unwrap().manifest.generation, a.manifest.generation);
+}
+
+#[test]
+fn a_build_killed_with_sigkill_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    let files = make_images(&images, 60, 900);
+    let index = dir.path().join("idx");
+    let m = model();
+    let args = ["index", "build", "--model", s(&m), "--images", s(&images), "--index", s(&index), "--batch-size", "1", "--chunk-size", "1"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_longclip")).args(args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let chunk = index.join("staging").join("chunk-000003.json");
+    while !chunk.exists() && std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let committed = index.join("manifest.json").exists();
+    eprintln!("killed with the build {}", if committed { "already committed" } else { "in progress" });
+    ok(&args);
+    let want: Vec<String> = files.iter().map(|f| f.canonicalize().unwrap().display().to_string()).collect();
+    assert_eq!(paths_in(&index), want);
+}
+
+#[test]
+fn add_embeds_new_and_changed_files_and_remove_drops_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    let files = make_images(&images, 10, 50);
+    let index = dir.path().join("idx");
+    ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index), "--dtype", "f32"]);
+    let before = Index::open(&index).unwrap();
+    let ids_before: BTreeMap<String, u64> = (0..before.len()).map(|r| { let e = before.entry(r).unwrap(); (e.path, e.id) }).collect();
+
+    let up_to_date = ok(&["index", "add", "--index", s(&index)]);
+    assert!(String::from_utf8_lossy(&up_to_date.stderr).contains("up to date"));
+
+    // Three new files and one changed (new content, new size).
+    let extra = images.join("new");
+    std::fs::create_dir_all(&extra).unwrap();
+    for i in 0..3 {
+        picture(500 + i, 64).save(extra.join(format!("n{i}.png"))).unwrap();
+    }
+    picture(999, 80).save_with_format(&files[4], image::ImageFormat::Png).ok();
+    let changed = files[4].canonicalize().unwrap().display().to_string();
+    let run = ok(&["index", "add", "--index", s(&index)]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("4 this run") && stderr.contains("unchanged 9"), "{stderr}");
+    let after = Index::open(&index).unwrap();
+    assert_eq!(after.len(), 13);
+    let mut seen = BTreeSet::new();
+    for r in 0..after.len() {
+        let e = after.entry(r).unwrap();
+        assert!(seen.insert(e.path.clone()), "{} twice", e.path);
+        if after.resolve(&e).display().to_string() == changed {
+            assert!(e.id >= 10, "a changed file gets a new entry");
+            let single = dir.path().join("one.npy");
+            ok(&["embed", "--model", s(&model()), "--images", &changed, "--out", s(&single)]);
+            let c = cosine(&after.row_vec(r), &rows(&Tensor::read_npy(&single).unwrap())[0]);
+            assert!(c > 0.99999, "re-embedded: {c}");
+        } else if let Some(id) = ids_before.get(&e.path) {
+            assert_eq!(*id, e.id, "unchanged entries keep their ids");
+        }
+    }
+
+    // Remove by path and by id; the removed never come back in results.
+    let gone_path = files[0].canonicalize().unwrap();
+    let gone_id = after.entry(5).unwrap().id;
+    ok(&["index", "remove", "--index", s(&index), "--path", s(&gone_path), "--id", &gone_id.to_string()]);
+    let removed = Index::open(&index).unwrap();
+    assert_eq!(removed.len(), 11);
+    let hits = search_json(&["search", "--index", s(&index), "--text", "anything", "-k", "11", "--json"]);
+    assert_eq!(hits.len(), 11);
+    for h in &hits {
+        assert_ne!(h["path"].as_str().unwrap(), gone_path.display().to_string());
+        assert_ne!(h["id"].as_u64().unwrap(), gone_id);
+    }
+    let hnsw = search_json(&["search", "--index", s(&index), "--text", "anything", "-k", "11", "--ef", "40", "--json"]);
+    let ids = |v: &[serde_json::Value]| v.iter().map(|h| h["id"].as_u64().unwrap()).collect::<BTreeSet<_>>();
+    assert_eq!(ids(&hnsw), ids(&hits), "the graph was rebuilt without the removed rows");
+
+    // A deleted file: --missing drops it.
+    std::fs::remove_file(&files[9]).unwrap();
+    ok(&["index", "remove", "--index", s(&index), "--missing"]);
+    assert_eq!(Index::open(&index).unwrap().len(), 10);
+    let err = String::from_utf8_lossy(&ok(&["index", "remove", "--index", s(&index), "--id", "12345"]).stderr).into_owned();
+    assert!(err.contains("id 12345: not in the index"), "{err}");
+    // Old generations are cleaned up.
+    let names: Vec<String> = std::fs::read_dir(&index).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names.iter().filter(|n| n.starts_with("embeddings-")).count(), 1, "{names:?}");
+}
+
+#[test]
+fn a_second_writer_is_refused_while_the_lock_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    make_images(&images, 4, 1);
+    let index = dir.path().join("idx");
+    std::fs::create_dir_all(&index).unwrap();
+    let held = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(index.join("lock")).unwrap();
+    held.lock().unwrap();
+    let err = fails(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index)]);
+    assert!(err.contains("another longclip process is writing this index"), "{err}");
+    assert!(!index.join("manifest.json").exists());
+    held.unlock().unwrap();
+    ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index)]);
+
+    // Two real builds at once: one wins, the other refuses (or finds it done).
+    let index2 = dir.path().join("idx2");
+    let m = model();
+    let args = ["index", "build", "--model", s(&m), "--images", s(&images), "--index", s(&index2), "--batch-size", "1"];
+    let a = Command::new(env!("CARGO_BIN_EXE_longclip")).args(args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let b = Command::new(env!("CARGO_BIN_EXE_longclip")).args(args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() || b.status.success());
+    for out in [&a, &b] {
+        if !out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stderr).contains("another longclip process"), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    assert_eq!(Index::open(&index2).unwrap().len(), 4);
+}
+
+/// A PNG whose header claims `w` x `h` pixels and holds no pixel data.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IEND", &[]);
+    out
+}
+
+#[test]
+fn bad_files_are_skipped_with_reasons_and_the_rest_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    make_images(&images, 5, 70);
+    std::fs::write(images.join("zero.jpg"), b"").unwrap();
+    std::fs::write(images.join("corrupt.png"), b"\x89PNG\r\n\x1a\nthis is not a png at all").unwrap();
+    let mut png = Vec::new();
+    picture(1, 64).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    std::fs::write(images.join("truncated.png"), &png[..png.len() / 2]).unwrap();
+    std::fs::write(images.join("huge.png"), png_header_only(20_000, 20_000)).unwrap();
+    std::fs::write(images.join("letter.JPG"), b"Dear reader, this is text.").unwrap();
+    std::fs::write(images.join("readme.md"), b"# not an image").unwrap();
+    let index = dir.path().join("idx");
+    let run = ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index)]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("skipped 5"), "{}", String::from_utf8_lossy(&run.stderr));
+    let info = info_json(&index);
+    assert_eq!(info["count"], 5);
+    let skipped: BTreeMap<String, String> =
+        info["skipped"].as_array().unwrap().iter().map(|v| (v["path"].as_str().unwrap().to_string(), v["reason"].as_str().unwrap().to_string())).collect();
+    assert_eq!(skipped.len(), 6, "{skipped:?}");
+    for name in ["zero.jpg", "corrupt.png", "truncated.png", "huge.png", "letter.JPG", "readme.md"] {
+        let reason = skipped.get(name).unwrap_or_else(|| panic!("{name} not listed: {skipped:?}"));
+        assert!(!reason.is_empty());
+    }
+    assert!(skipped["huge.png"].contains("20000"), "{}", skipped["huge.png"]);
+    let text = String::from_utf8(ok(&["index", "info", "--index", s(&index)]).stdout).unwrap();
+    assert!(text.contains("skipped     6") && text.contains("huge.png"), "{text}");
+
+    // A skipped file that gets fixed is embedded by `add`.
+    picture(2, 64).save_with_format(images.join("truncated.png"), image::ImageFormat::Png).unwrap();
+    ok(&["index", "add", "--index", s(&index)]);
+    let info = info_json(&index);
+    assert_eq!(info["count"], 6);
+    assert_eq!(info["skipped"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn a_file_that_disappears_mid_build_is_skipped() {
+    // The pipeline reads each file when its batch is preprocessed: one listed
+    // and then deleted before that is reported, and the rest embedded.
+    let dir = tempfile::tempdir().unwrap();
+    let files = make_images(dir.path(), 6, 40);
+    std::fs::remove_file(&files[3]).unwrap();
+    let ckpt = longclip::checkpoint::load(&model()).unwrap();
+    let m = longclip::model::LongClip::new(&ckpt, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let embedder = longclip::embed::Embedder { model: &m, device: candle_core::Device::Cpu, batch_size: 2, normalize: true, progress: false };
+    let mut kept = 0;
+    let mut skipped = Vec::new();
+    embedder
+        .embed_images_each(&files, |b| {
+            kept += b.paths.len();
+            skipped.extend(b.skipped);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(kept, 5);
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].1.contains("not found"), "{}", skipped[0].1);
+}
+
+#[test]
+fn empty_folders_missing_and_corrupt_indexes_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("sub")).unwrap();
+    let index = dir.path().join("idx");
+    let err = fails(&["index", "build", "--model", s(&model()), "--images", s(&empty), "--index", s(&index)]);
+    assert!(err.contains("no images found"), "{err}");
+    let err = fails(&["index", "build", "--model", s(&model()), "--images", "/no/such/folder", "--index", s(&index)]);
+    assert!(err.contains("/no/such/folder"), "{err}");
+
+    // Only unusable files: the build fails, naming why, and lists them.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("broken.jpg"), b"\xff\xd8 not really").unwrap();
+    let bad_index = dir.path().join("bad-idx");
+    let err = fails(&["index", "build", "--model", s(&model()), "--images", s(&bad), "--index", s(&bad_index)]);
+    assert!(err.contains("no image could be embedded"), "{err}");
+    let info = info_json(&bad_index);
+    assert_eq!(info["count"], 0);
+    assert_eq!(info["skipped"][0]["path"], "broken.jpg");
+    let none = search_json(&["search", "--index", s(&bad_index), "--text", "x", "--json"]);
+    assert!(none.is_empty());
+
+    let err = fails(&["search", "--index", "/no/such/index", "--text", "x"]);
+    assert!(err.contains("/no/such/index") && err.contains("no such index"), "{err}");
+    let err = fails(&["index", "info", "--index", s(&empty)]);
+    assert!(err.contains("not a longclip index"), "{err}");
+
+    let images = dir.path().join("p");
+    make_images(&images, 6, 5);
+    ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index)]);
+    let manifest = Index::open(&index).unwrap().manifest;
+
+    // Damaged files are named.
+    let graph = index.join(format!("{}.hnsw.graph", manifest.hnsw.as_ref().unwrap().basename));
+    let good_graph = std::fs::read(&graph).unwrap();
+    std::fs::write(&graph, vec![7u8; good_graph.len()]).unwrap();
+    let err = fails(&["search", "--index", s(&index), "--text", "x", "--ef", "10"]);
+    assert!(err.contains("corrupt index") && err.contains("HNSW"), "{err}");
+    std::fs::write(&graph, &good_graph).unwrap();
+
+    let emb = index.join(&manifest.files.embeddings);
+    let good = std::fs::read(&emb).unwrap();
+    std::fs::write(&emb, &good[..good.len() - 10]).unwrap();
+    let err = fails(&["search", "--index", s(&index), "--text", "x"]);
+    assert!(err.contains("corrupt index") && err.contains(&manifest.files.embeddings), "{err}");
+    std::fs::remove_file(&emb).unwrap();
+    let err = fails(&["search", "--index", s(&index), "--text", "x"]);
+    assert!(err.contains("missing"), "{err}");
+    std::fs::write(&emb, &good).unwrap();
+    std::fs::write(index.join("manifest.json"), b"{\"format\": \"longclip-index\", \"truncat").unwrap();
+    let err = fails(&["search", "--index", s(&index), "--text", "x"]);
+    assert!(err.contains("corrupt index manifest"), "{err}");
+
+    let err = fails(&["search", "--index", s(&index), "--text", "x", "-k", "0"]);
+    assert!(err.contains("-k"), "{err}");
+}
+
+#[test]
+fn a_different_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    make_images(&images, 4, 11);
+    let index = dir.path().join("idx");
+    ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index)]);
+
+    // Same shapes, other weights: same dim, different identity.
+    let ckpt = longclip::checkpoint::load(&model()).unwrap();
+    let other = longclip::checkpoint::random(&ckpt.config, 7).unwrap();
+    let other_path = dir.path().join("other.safetensors");
+    longclip::export::save_checkpoint(&other, &other_path).unwrap();
+    let err = fails(&["search", "--index", s(&index), "--text", "x", "--model", s(&other_path)]);
+    assert!(err.contains("another model"), "{err}");
+    let err = fails(&["index", "add", "--index", s(&index), "--model", s(&other_path)]);
+    assert!(err.contains("another model"), "{err}");
+
+    // Another embedding width.
+    let mut config = ckpt.config.clone();
+    config.embed_dim = 32;
+    let narrow = dir.path().join("narrow.safetensors");
+    longclip::export::save_checkpoint(&longclip::checkpoint::random(&config, 1).unwrap(), &narrow).unwrap();
+    let err = fails(&["search", "--index", s(&index), "--text", "x", "--model", s(&narrow)]);
+    assert!(err.contains("64-d") && err.contains("32 dimensions"), "{err}");
+}
+
+#[test]
+fn a_full_disk_fails_the_write_and_keeps_the_previous_index() {
+    if Command::new("bash").arg("-c").arg("true").status().map(|s| !s.success()).unwrap_or(true) {
+        eprintln!("SKIP: no bash to set a file size limit");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    make_images(&images, 6, 21);
+    let index = dir.path().join("idx");
+    ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index), "--dtype", "f32"]);
+    let before = Index::open(&index).unwrap();
+    let before_manifest = std::fs::read(index.join("manifest.json")).unwrap();
+    // 60 more images: the new embeddings file outgrows an 8 KiB file-size
+    // limit, which the kernel enforces like a full disk (EFBIG, signal ignored).
+    make_images(&images.join("more"), 60, 400);
+    let script = format!("trap '' XFSZ; ulimit -f 16; exec '{}' index add --index '{}'", env!("CARGO_BIN_EXE_longclip"), s(&index));
+    let out = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the write must fail: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("File too large") || stderr.contains("cannot write"), "{stderr}");
+    assert_eq!(std::fs::read(index.join("manifest.json")).unwrap(), before_manifest, "the previous index is in force");
+    let still = Index::open(&index).unwrap();
+    assert_eq!(still.len(), before.len());
+    let names: Vec<String> = std::fs::read_dir(&index).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("embeddings-2")), "the failed generation is removed: {names:?}");
+    ok(&["search", "--index", s(&index), "--text", "x"]);
+    // With room again, the same command finishes the job.
+    ok(&["index", "add", "--index", s(&index)]);
+    assert_eq!(Index::open(&index).unwrap().len(), 66);
+}
+
+/// Clustered unit vectors, as real embeddings are (a few topics, spread).
+fn clustered(n: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    let centers: Vec<Vec<f32>> = (0..5).map(|_| (0..d).map(|_| next()).collect()).collect();
+    let mut out = Vec::with_capacity(n * d);
+    for i in 0..n {
+        for j in 0..d {
+            out.push(centers[i % 5][j] + 0.3 * next());
+        }
+    }
+    out
+}
+
+fn write_npy_f32(path: &Path, data: &[f32], rows: usize, cols: usize) {
+    let t = Tensor::from_vec(data.to_vec(), (rows, cols), &candle_core::Device::Cpu).unwrap();
+    t.write_npy(path).unwrap();
+}
+
+#[test]
+fn import_then_search_and_export_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n, d) = (300, 24);
+    let data = clustered(n, d, 3);
+    let npy = dir.path().join("emb.npy");
+    write_npy_f32(&npy, &data, n, d);
+    let ids = dir.path().join("ids.txt");
+    let lines: String = (0..n).map(|i| if i == 2 { "http://example.com/2.jpg\ta caption, with \"quotes\"\n".to_string() } else { format!("images/{i:05}.jpg\n") }).collect();
+    std::fs::write(&ids, &lines).unwrap();
+    let index = dir.path().join("idx");
+    ok(&["index", "import", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(&index), "--dtype", "f32"]);
+    let info = info_json(&index);
+    assert_eq!(info["count"], n);
+    assert_eq!(info["dim"], d);
+    let opened = Index::open(&index).unwrap();
+    assert_eq!(opened.entry(2).unwrap().caption.as_deref(), Some("a caption, with \"quotes\""));
+
+    // Every row normalized on import; exact and HNSW equal brute force.
+    for q in [0usize, 17, 123, 299] {
+        let want = brute_force(&opened, &opened.row_vec(q));
+        let exact = search_json(&["search", "--index", s(&index), "--like", &q.to_string(), "--exact", "--json"]);
+        assert_eq!(exact[0]["id"], q as u64);
+        assert!((exact[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-5);
+        for (h, (row, score)) in exact.iter().zip(&want) {
+            assert_eq!(h["id"].as_u64().unwrap(), *row as u64);
+            assert!((h["score"].as_f64().unwrap() - score).abs() < 1e-5);
+        }
+        let hnsw = search_json(&["search", "--index", s(&index), "--like", &q.to_string(), "--ef", "300", "--json"]);
+        assert_eq!(hnsw, exact, "HNSW with a beam over the whole set is exact");
+    }
+    let err = fails(&["search", "--index", s(&index), "--text", "a cat"]);
+    assert!(err.contains("--model"), "{err}");
+
+    // Export: clip-retrieval's layout, rows as stored, metadata in row order.
+    let out = dir.path().join("export");
+    ok(&["index", "export", "--index", s(&index), "--out", s(&out)]);
+    let exported = Tensor::read_npy(out.join("img_emb/img_emb_0.npy")).unwrap();
+    assert_eq!(exported.dims(), &[n, d]);
+    let exported = rows(&exported);
+    for r in [0, 150, 299] {
+        assert_eq!(exported[r], opened.row_vec(r));
+    }
+    let csv = std::fs::read_to_string(out.join("metadata/metadata_0.csv")).unwrap();
+    let csv_lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(csv_lines.len(), n + 1);
+    assert_eq!(csv_lines[0], "image_path,id,caption");
+    assert_eq!(csv_lines[1], "images/00000.jpg,0,");
+    assert_eq!(csv_lines[3], "http://example.com/2.jpg,2,\"a caption, with \"\"quotes\"\"\"");
+    let err = fails(&["index", "export", "--index", s(&index), "--out", s(&out)]);
+    assert!(err.contains("not empty"), "{err}");
+
+    // f16 import: exported as float16, equal to the stored halves.
+    let index16 = dir.path().join("idx16");
+    ok(&["index", "import", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(&index16), "--no-hnsw"]);
+    let out16 = dir.path().join("export16");
+    ok(&["index", "export", "--index", s(&index16), "--out", s(&out16)]);
+    let t = Tensor::read_npy(out16.join("img_emb/img_emb_0.npy")).unwrap();
+    assert_eq!(t.dtype(), candle_core::DType::F16);
+    assert_eq!(rows(&t)[5], Index::open(&index16).unwrap().row_vec(5));
+
+    // Bad imports are named.
+    std::fs::write(&ids, "just one\n").unwrap();
+    let err = fails(&["index", "import", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(&dir.path().join("x"))]);
+    assert!(err.contains("1 ids") && err.contains("300 rows"), "{err}");
+    let mut zero = data.clone();
+    zero[7 * d..8 * d].iter_mut().for_each(|v| *v = 0.0);
+    write_npy_f32(&npy, &zero, n, d);
+    std::fs::write(&ids, &lines).unwrap();
+    let err = fails(&["index", "import", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(&dir.path().join("y"))]);
+    assert!(err.contains("row 7") && err.contains("zeros"), "{err}");
+    assert!(!dir.path().join("y/manifest.json").exists());
+    let err = fails(&["index", "import", "--embeddings", s(&ids), "--ids", s(&ids), "--index", s(&dir.path().join("z"))]);
+    assert!(err.contains("not an .npy"), "{err}");
+    let err = fails(&["index", "import", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(&index)]);
+    assert!(err.contains("already an index"), "{err}");
+}
