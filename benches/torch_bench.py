@@ -13,7 +13,16 @@ fp32 LayerNorm, QuickGELU) and random weights, and times:
     tokenizer script is importable.
 Prints one JSON object per measurement: {"what", "per_second", "unit"}.
 
+With --only gpu (issue 6; the counterpart of `longclip bench`): the vision
+tower alone on a batch of --image-batch preprocessed images, the text tower
+at --text-tokens tokens (padded to 248 as the official code does, and
+trimmed), and end to end from image files (--images DIR, cycled to --repeat
+files) with a DataLoader of --workers processes doing the official PIL
+preprocessing, for --model b (LongCLIP-B) or l (LongCLIP-L).
+
 usage: python3 benches/torch_bench.py [--threads 2] [--device cpu|cuda] [--dtype fp32|fp16]
+       python3 benches/torch_bench.py --only gpu --device cuda --dtype fp16 --model b \
+           --image-batch 256 --text-batch 256 --images DIR --repeat 10000 --workers 16
 needs: torch, numpy, pillow (ftfy, regex for the tokenizer)
 """
 import argparse
@@ -93,6 +102,65 @@ class Vision(nn.Module):
         x = self.ln_pre(x)
         x = self.blocks(x.permute(1, 0, 2)).permute(1, 0, 2)
         return self.ln_post(x[:, 0, :]) @ self.proj
+
+
+SHAPES = {  # text width, heads; vision patch, width, layers, heads; embed
+    "b": dict(text=(512, 8), vision=(16, 768, 12, 12), embed=512),
+    "l": dict(text=(768, 12), vision=(14, 1024, 24, 16), embed=768),
+}
+
+
+def build(model, dev, dtype):
+    s = SHAPES[model]
+    (tw, th), (patch, vw, vl, vh) = s["text"], s["vision"]
+    text = Text(width=tw, heads=th, embed=s["embed"])
+    vision = Vision(patch=patch, width=vw, layers=vl, heads=vh, embed=s["embed"])
+    text, vision = text.to(dev, dtype).eval(), vision.to(dev, dtype).eval()
+    for m in (text, vision):
+        for mod in m.modules():
+            if isinstance(mod, nn.LayerNorm):
+                mod.float()
+    return text, vision
+
+
+class Files(torch.utils.data.Dataset):
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return preprocess(self.paths[i])
+
+
+def bench_gpu(args):
+    dev, dtype = args.device, torch.float16 if args.dtype == "fp16" else torch.float32
+    text, vision = build(args.model, dev, dtype)
+    with torch.no_grad():
+        n = args.image_batch
+        pixels = torch.randn(n, 3, 224, 224, device=dev)
+        runs, secs = timed(lambda: (vision(pixels), sync(dev)), args.seconds)
+        report(f"vision tower, batch {n}", n, runs, secs, "images/s")
+        b, length = args.text_batch, args.text_tokens
+        ids = torch.randint(1, 49000, (b, length), device=dev)
+        ids[:, 0], ids[:, -1] = 49406, 49407
+        padded = torch.zeros(b, 248, dtype=ids.dtype, device=dev)
+        padded[:, :length] = ids
+        for name, batch in (("padded to 248 (official)", padded), ("trimmed", ids)):
+            runs, secs = timed(lambda: (text(batch), sync(dev)), args.seconds)
+            report(f"text {length} tokens, batch {b}, {name}", b, runs, secs, "texts/s")
+        if args.images:
+            exts = (".jpg", ".jpeg", ".png", ".webp")
+            found = sorted(os.path.join(args.images, f) for f in os.listdir(args.images) if f.lower().endswith(exts))
+            paths = [found[i % len(found)] for i in range(max(args.repeat, len(found)))]
+            loader = torch.utils.data.DataLoader(Files(paths), batch_size=n, num_workers=args.workers, pin_memory=dev == "cuda")
+            start, count = time.perf_counter(), 0
+            for x in loader:
+                vision(x.to(dev, non_blocking=True))
+                count += x.shape[0]
+            sync(dev)
+            report(f"end to end from files, batch {n}, {args.workers} workers", count, 1, time.perf_counter() - start, "images/s")
 
 
 def timed(fn, seconds=10.0, min_runs=3):
@@ -183,10 +251,19 @@ def main():
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--image-batch", type=int, default=8)
-    p.add_argument("--only", default="all", help="all, encoders, preprocess or tokenizer")
+    p.add_argument("--only", default="all", help="all, encoders, preprocess, tokenizer or gpu")
+    p.add_argument("--model", default="b", choices=sorted(SHAPES))
+    p.add_argument("--text-batch", type=int, default=256)
+    p.add_argument("--text-tokens", type=int, default=120)
+    p.add_argument("--images", default=None)
+    p.add_argument("--repeat", type=int, default=0)
+    p.add_argument("--workers", type=int, default=16)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device}))
+    if args.only == "gpu":
+        bench_gpu(args)
+        return
     if args.only in ("all", "tokenizer"):
         bench_tokenizer(args)
     if args.only in ("all", "preprocess"):

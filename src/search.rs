@@ -110,9 +110,24 @@ pub fn hits(index: &Index, rows: &[(usize, f32)]) -> Result<Vec<Hit>> {
         .collect()
 }
 
-/// Exact top-k by scanning every row: rayon over blocks, each block
-/// converted to f32 once and scored against every query.
+/// From this many queries on, a block is scored with one matrix product.
+const GEMM_MIN_QUERIES: usize = 8;
+/// Rows per block on the matrix-product path: big enough to keep the
+/// product efficient, small enough that the scores stay in cache.
+const GEMM_BLOCK_ROWS: usize = 4096;
+
+/// Exact top-k by scanning every row. Few queries: rayon over blocks, each
+/// block converted to f32 once and dotted with every query. Many queries:
+/// blocks in turn, each scored against all queries by one multi-threaded
+/// matrix product.
 pub fn exact(index: &Index, queries: &[Vec<f32>], k: usize) -> Vec<Vec<(usize, f32)>> {
+    if queries.len() >= GEMM_MIN_QUERIES {
+        return exact_gemm(index, queries, k).expect("shapes checked by the index");
+    }
+    exact_dots(index, queries, k)
+}
+
+fn exact_dots(index: &Index, queries: &[Vec<f32>], k: usize) -> Vec<Vec<(usize, f32)>> {
     let d = index.dim();
     let n = index.len();
     let blocks = n.div_ceil(BLOCK_ROWS);
@@ -140,6 +155,38 @@ pub fn exact(index: &Index, queries: &[Vec<f32>], k: usize) -> Vec<Vec<(usize, f
             a
         });
     tops.into_iter().map(TopK::into_sorted).collect()
+}
+
+fn exact_gemm(index: &Index, queries: &[Vec<f32>], k: usize) -> candle_core::Result<Vec<Vec<(usize, f32)>>> {
+    let (d, n) = (index.dim(), index.len());
+    let q = Tensor::from_vec(queries.concat(), (queries.len(), d), &Device::Cpu)?;
+    let mut tops = vec![TopK::new(k); queries.len()];
+    let mut buf = Vec::new();
+    for start in (0..n).step_by(GEMM_BLOCK_ROWS) {
+        let rows = start..(start + GEMM_BLOCK_ROWS).min(n);
+        let block = block_f32_par(index, rows.clone(), &mut buf);
+        let block = Tensor::from_slice(block, (rows.len(), d), &Device::Cpu)?;
+        let scores = q.matmul(&block.t()?)?.to_vec2::<f32>()?;
+        tops.par_iter_mut().zip(scores).for_each(|(top, row_scores)| {
+            for (i, score) in row_scores.into_iter().enumerate() {
+                top.push(rows.start + i, score);
+            }
+        });
+    }
+    Ok(tops.into_iter().map(TopK::into_sorted).collect())
+}
+
+/// [`block_f32`] with the f16 conversion spread over all cores.
+fn block_f32_par<'a>(index: &'a Index, rows: std::ops::Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    let d = index.dim();
+    if let Some(f) = index.f32_rows() {
+        return &f[rows.start * d..rows.end * d];
+    }
+    let h = &index.f16_rows().expect("f16 or f32")[rows.start * d..rows.end * d];
+    buf.resize(h.len(), 0.0);
+    use half::slice::HalfFloatSliceExt;
+    buf.par_chunks_mut(BLOCK_ROWS * d).zip(h.par_chunks(BLOCK_ROWS * d)).for_each(|(o, i)| i.convert_to_f32_slice(o));
+    buf
 }
 
 /// The rows of a block as f32: borrowed for f32 indexes, converted for f16.

@@ -718,3 +718,37 @@ fn import_then_search_and_export_round_trip() {
     let err = fails(&["index", "import", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(&index)]);
     assert!(err.contains("already an index"), "{err}");
 }
+
+#[test]
+fn batched_exact_search_equals_brute_force_for_every_query() {
+    // 20 queries take the matrix-product path; 5000 rows span two of its blocks.
+    let dir = tempfile::tempdir().unwrap();
+    let (n, d) = (5000, 32);
+    let data = clustered(n, d, 11);
+    let npy = dir.path().join("emb.npy");
+    write_npy_f32(&npy, &data, n, d);
+    let ids = dir.path().join("ids.txt");
+    std::fs::write(&ids, (0..n).map(|i| format!("{i}.jpg\n")).collect::<String>()).unwrap();
+    for dtype in ["f32", "f16"] {
+        let index = dir.path().join(format!("idx-{dtype}"));
+        ok(&["index", "import", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(&index), "--dtype", dtype, "--no-hnsw"]);
+        let opened = Index::open(&index).unwrap();
+        let queries: Vec<Vec<f32>> = (0..20).map(|i| opened.row_vec(i * 249 + 7)).collect();
+        let batched = longclip::search::exact(&opened, &queries, 10);
+        for (q, hits) in queries.iter().zip(&batched) {
+            let want = brute_force(&opened, q);
+            assert_eq!(hits.len(), 10);
+            for ((row, score), (want_row, want_score)) in hits.iter().zip(&want) {
+                assert!((*score as f64 - want_score).abs() < 1e-5, "{dtype}: {score} vs {want_score}");
+                // Rows may swap only where scores tie to rounding.
+                if row != want_row {
+                    assert!((*score as f64 - want_score).abs() < 1e-6, "{dtype}: row {row} vs {want_row}");
+                }
+            }
+            let single = longclip::search::exact(&opened, std::slice::from_ref(q), 10);
+            for (a, b) in single[0].iter().zip(hits) {
+                assert!((a.1 - b.1).abs() < 1e-5, "{dtype}: one query {} vs batched {}", a.1, b.1);
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! The `longclip` command line: a thin layer over the library.
 
+mod bench;
 mod eval;
 mod finetune;
 mod index;
@@ -91,6 +92,8 @@ enum Command {
     Search(index::SearchArgs),
     /// Serve an index: a JSON API and a search page.
     Serve(index::ServeArgs),
+    /// Encoder and pipeline throughput at the released shapes (random weights), as JSON lines.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -145,6 +148,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Index(args) => index::run_index(args),
         Command::Search(args) => index::run_search(args),
         Command::Serve(args) => index::run_serve(args),
+        Command::Bench(args) => bench::bench(args),
     }
 }
 

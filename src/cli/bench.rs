@@ -1,0 +1,165 @@
+//! `longclip bench`: encoder and pipeline throughput at the released shapes
+//! (random weights), on any device, to compare with `benches/torch_bench.py`
+//! run on the same machine.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use serde_json::json;
+
+use crate::checkpoint::{self, Config};
+use crate::embed::{self, Embedder};
+use crate::model::{self, LongClip};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A preset (longclip-b, longclip-l: random weights) or a checkpoint file.
+    #[arg(long, default_value = "longclip-b")]
+    model: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// auto (f16 on CUDA, f32 on CPU), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// Images per batch for the vision tower and the end-to-end run.
+    #[arg(long, default_value_t = 256)]
+    image_batch: usize,
+    /// Texts per batch.
+    #[arg(long, default_value_t = 256)]
+    text_batch: usize,
+    /// Tokens per text, SOT and EOT included.
+    #[arg(long, default_value_t = 120)]
+    text_tokens: usize,
+    /// Timed batches per measurement (after one warm-up batch).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Also time the whole pipeline (decode, preprocess, encode) on these images.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Cycle through --images until this many files have been embedded.
+    #[arg(long, default_value_t = 0)]
+    repeat: usize,
+    /// Peak dense throughput of the device in TFLOP/s, to report the vision tower's share of it.
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let device = model::device(&args.device)?;
+    let dtype = model::compute_dtype(&args.dtype, &device)?;
+    let ckpt = match Config::preset(&args.model) {
+        Ok(config) => checkpoint::random(&config, 0)?,
+        Err(_) => checkpoint::load(args.model.as_ref())?,
+    };
+    let model = LongClip::new(&ckpt, &device, dtype)?;
+    let head = json!({"model": args.model, "device": args.device, "dtype": format!("{dtype:?}").to_lowercase()});
+    println!("{head}");
+
+    let vision = time_vision(&model, &device, &args)?;
+    let flops = vision_flops(&model.config);
+    let mut line = json!({"what": format!("vision tower, batch {}", args.image_batch), "per_second": vision, "unit": "images/s",
+                          "tflops": vision * flops / 1e12});
+    if let Some(peak) = args.peak_tflops {
+        line["share_of_peak"] = json!(vision * flops / 1e12 / peak);
+    }
+    println!("{line}");
+
+    let texts = time_text(&model, &device, &args)?;
+    println!("{}", json!({"what": format!("text {} tokens, batch {}", args.text_tokens, args.text_batch), "per_second": texts, "unit": "texts/s"}));
+
+    if let Some(dir) = &args.images {
+        let rate = time_end_to_end(&model, &device, dir, &args)?;
+        println!("{}", json!({"what": format!("end to end from files, batch {}", args.image_batch), "per_second": rate, "unit": "images/s"}));
+    }
+    Ok(())
+}
+
+/// Multiply-adds count as two FLOPs: the convention of peak TFLOP/s figures.
+pub fn vision_flops(config: &Config) -> f64 {
+    let v = &config.vision;
+    let patches = (v.image_size / v.patch_size).pow(2) as f64;
+    let tokens = patches + 1.0;
+    let w = v.width as f64;
+    let per_layer = 2.0 * tokens * (4.0 * w * w + 2.0 * w * v.mlp_width as f64) + 4.0 * tokens * tokens * w;
+    let stem = 2.0 * patches * (3 * v.patch_size * v.patch_size) as f64 * w;
+    stem + per_layer * v.layers as f64 + 2.0 * w * config.embed_dim as f64
+}
+
+fn time_vision(model: &LongClip, device: &Device, args: &BenchArgs) -> Result<f64> {
+    let size = model.vision.image_size();
+    let pixels = Tensor::randn(0f32, 1.0, (args.image_batch, 3, size, size), device)?;
+    let secs = timed(device, args.iters, || Ok(model.vision.encode(&pixels)?))?;
+    Ok((args.image_batch * args.iters) as f64 / secs)
+}
+
+fn time_text(model: &LongClip, device: &Device, args: &BenchArgs) -> Result<f64> {
+    let context = model.config.text.context_length;
+    if args.text_tokens < 2 || args.text_tokens > context {
+        bail!("--text-tokens must be between 2 and {context}");
+    }
+    let ids = synthetic_texts(args.text_batch, args.text_tokens);
+    let secs = timed(device, args.iters, || Ok(model.text.encode(&ids)?))?;
+    Ok((args.text_batch * args.iters) as f64 / secs)
+}
+
+fn time_end_to_end(model: &LongClip, device: &Device, dir: &std::path::Path, args: &BenchArgs) -> Result<f64> {
+    let found = embed::list_images(dir)?;
+    if found.is_empty() {
+        bail!("{}: no images", dir.display());
+    }
+    let n = args.repeat.max(found.len());
+    let paths: Vec<PathBuf> = found.iter().cycle().take(n).cloned().collect();
+    let embedder = Embedder { model, device: device.clone(), batch_size: args.image_batch, normalize: true, progress: true };
+    let start = Instant::now();
+    let out = embedder.embed_images(&paths)?;
+    out.features.to_device(&Device::Cpu)?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("{}", embed::summary("images", out.paths.len(), start));
+    Ok(out.paths.len() as f64 / secs)
+}
+
+/// One warm-up run, then `iters` timed runs; the result is copied to the host
+/// at the end so queued GPU work is inside the timing.
+fn timed(device: &Device, iters: usize, mut run: impl FnMut() -> Result<Tensor>) -> Result<f64> {
+    run()?.to_device(&Device::Cpu)?;
+    device.synchronize()?;
+    let start = Instant::now();
+    let mut last = None;
+    for _ in 0..iters.max(1) {
+        last = Some(run()?);
+    }
+    if let Some(t) = last {
+        t.to_device(&Device::Cpu)?;
+    }
+    device.synchronize()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// `n` texts of `len` tokens: SOT, varied ordinary tokens, EOT.
+fn synthetic_texts(n: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..n)
+        .map(|i| {
+            let mut ids = vec![49406];
+            ids.extend((1..len - 1).map(|j| ((i * 7919 + j * 104729) % 49000 + 1) as u32));
+            ids.push(49407);
+            ids
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vit_b16_costs_about_35_gflop_an_image() {
+        // The usual "17.6 GFLOPs" of ViT-B/16 counts multiply-adds.
+        let flops = vision_flops(&Config::preset("longclip-b").unwrap());
+        assert!((flops / 2e9 - 17.6).abs() < 0.3, "{}", flops / 2e9);
+        let l = vision_flops(&Config::preset("longclip-l").unwrap());
+        assert!((l / 2e9 - 81.1).abs() < 1.0, "{}", l / 2e9);
+    }
+}
