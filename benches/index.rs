@@ -164,7 +164,12 @@ fn bench_size(root: &Path, n: usize, with_hnsw: bool) {
     }
     let secs = t.elapsed().as_secs_f64();
     println!("exact, batches of 64: {:.1} QPS", QUERIES as f64 / secs);
-    assert_eq!(batched[..single], truth[..], "batched and single exact agree");
+    // The matrix product sums in another order: scores agree to rounding.
+    for (b, t) in batched[..single].iter().zip(&truth) {
+        for (x, y) in b.iter().zip(t) {
+            assert!((x.1 - y.1).abs() < 1e-5, "batched and single exact agree: {x:?} vs {y:?}");
+        }
+    }
     let (rss_exact, file) = rss_mb();
     println!("resident while searching exactly: {rss_exact:.0} MB ({file:.0} MB of it the mapped matrix)");
 
