@@ -14,12 +14,13 @@
 # machine run `.gpu/run.sh <longclip args>` or `benches/gpu.sh` (parity + benchmarks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-shared=${LONGCLIP_SHARED:-../shared}
+shared=$(cd "${LONGCLIP_SHARED:-../shared}" 2>/dev/null && pwd || echo "${LONGCLIP_SHARED:-../shared}")
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
 
 if [ "${1:-}" = "--check" ]; then
-    # A fake nvcc lets build scripts run; its output is never linked.
-    PATH="$shared/scripts/fake-nvcc:$PATH" CUDA_COMPUTE_CAP=90 \
+    # A fake nvcc (a copy of ../shared's, so CI needs nothing outside the
+    # repo) lets the build scripts run; its output is never linked.
+    PATH="$PWD/scripts/fake-nvcc:$PATH" CUDA_COMPUTE_CAP=90 \
         cargo check --release --features cuda --all-targets
     exit
 fi
