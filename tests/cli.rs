@@ -191,3 +191,27 @@ fn bad_model_and_device_give_clear_errors() {
     assert!(err.contains("/no/such/texts.txt"), "{err}");
     assert!(!out.exists(), "nothing written on failure");
 }
+
+#[test]
+fn bench_prints_one_json_line_per_measurement() {
+    let images = fixture("images");
+    let out = ok(&[
+        "bench", "--model", s(&model()), "--image-batch", "3", "--text-batch", "4", "--text-tokens", "30",
+        "--iters", "1", "--images", s(&images), "--repeat", "8", "--peak-tflops", "2",
+    ]);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0]["device"], "cpu");
+    let what: Vec<&str> = lines[1..].iter().map(|l| l["what"].as_str().unwrap()).collect();
+    assert_eq!(what, ["vision tower, batch 3", "text 30 tokens, batch 4", "end to end from files, batch 3"]);
+    for l in &lines[1..] {
+        assert!(l["per_second"].as_f64().unwrap() > 0.0, "{l}");
+    }
+    let tflops = lines[1]["tflops"].as_f64().unwrap();
+    assert!((lines[1]["share_of_peak"].as_f64().unwrap() - tflops / 2.0).abs() < 1e-12);
+    // The end-to-end run embedded every repeated file.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("embedded 8 images"), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = fails(&["bench", "--model", s(&model()), "--text-tokens", "1000", "--iters", "1", "--image-batch", "1"]);
+    assert!(err.contains("--text-tokens must be between 2 and 248"), "{err}");
+}
