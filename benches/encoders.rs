@@ -14,24 +14,12 @@ fn model() -> LongClip {
     LongClip::new(&ckpt, &Device::Cpu, DType::F32).unwrap()
 }
 
-/// A batch of `n` texts of `len` tokens (SOT .. EOT).
-fn texts(n: usize, len: usize) -> Vec<Vec<u32>> {
-    (0..n)
-        .map(|i| {
-            let mut ids = vec![49406];
-            ids.extend((1..len - 1).map(|j| ((i * 7919 + j * 104729) % 49000 + 1) as u32));
-            ids.push(49407);
-            ids
-        })
-        .collect()
-}
-
 fn encoders(c: &mut Criterion) {
     let model = model();
     let mut g = c.benchmark_group("longclip-b");
     g.sample_size(10);
     for (batch, len) in [(32, 120), (32, 248), (32, 77)] {
-        let ids = texts(batch, len);
+        let ids = longclip::model::synthetic_token_ids(batch, len);
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_function(format!("text {len} tokens, batch {batch}"), |b| b.iter(|| model.text.encode(&ids).unwrap()));
     }

@@ -29,18 +29,6 @@ fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
-/// `n` token sequences of `len` ids (SOT .. EOT).
-fn texts(n: usize, len: usize, salt: usize) -> Vec<Vec<u32>> {
-    (0..n)
-        .map(|i| {
-            let mut ids = vec![49406];
-            ids.extend((1..len - 1).map(|j| ((i * 7919 + j * 104729 + salt) % 49000 + 1) as u32));
-            ids.push(49407);
-            ids
-        })
-        .collect()
-}
-
 fn child(batch: usize, chunks: usize, steps: usize, device: &str) {
     let device = model::device(device).unwrap();
     let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
@@ -51,8 +39,8 @@ fn child(batch: usize, chunks: usize, steps: usize, device: &str) {
     let mut trainer = Trainer::new(params, AdamWConfig::default(), schedule, options).unwrap();
     let batch = Batch {
         pixels: Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), &device).unwrap(),
-        long: texts(batch, 120, 0),
-        short: texts(batch, 20, 1),
+        long: model::synthetic_token_ids(batch, 120),
+        short: model::synthetic_token_ids(batch, 20),
     };
     trainer.step(&batch).unwrap();
     let start = Instant::now();

@@ -368,6 +368,19 @@ impl LongClip {
     }
 }
 
+/// `n` token sequences of `len` ids (SOT, varied ordinary tokens, EOT), for
+/// benchmarks: encoder speed depends on the length, not the words.
+pub fn synthetic_token_ids(n: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..n)
+        .map(|i| {
+            let mut ids = vec![49406];
+            ids.extend((1..len.saturating_sub(1)).map(|j| ((i * 7919 + j * 104729) % 49000 + 1) as u32));
+            ids.push(49407);
+            ids
+        })
+        .collect()
+}
+
 /// Rows divided by their L2 norm.
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;

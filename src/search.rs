@@ -164,7 +164,7 @@ fn exact_gemm(index: &Index, queries: &[Vec<f32>], k: usize) -> candle_core::Res
     let mut buf = Vec::new();
     for start in (0..n).step_by(GEMM_BLOCK_ROWS) {
         let rows = start..(start + GEMM_BLOCK_ROWS).min(n);
-        let block = block_f32_par(index, rows.clone(), &mut buf);
+        let block = block_f32(index, rows.clone(), &mut buf);
         let block = Tensor::from_slice(block, (rows.len(), d), &Device::Cpu)?;
         let scores = q.matmul(&block.t()?)?.to_vec2::<f32>()?;
         tops.par_iter_mut().zip(scores).for_each(|(top, row_scores)| {
@@ -176,20 +176,8 @@ fn exact_gemm(index: &Index, queries: &[Vec<f32>], k: usize) -> candle_core::Res
     Ok(tops.into_iter().map(TopK::into_sorted).collect())
 }
 
-/// [`block_f32`] with the f16 conversion spread over all cores.
-fn block_f32_par<'a>(index: &'a Index, rows: std::ops::Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
-    let d = index.dim();
-    if let Some(f) = index.f32_rows() {
-        return &f[rows.start * d..rows.end * d];
-    }
-    let h = &index.f16_rows().expect("f16 or f32")[rows.start * d..rows.end * d];
-    buf.resize(h.len(), 0.0);
-    use half::slice::HalfFloatSliceExt;
-    buf.par_chunks_mut(BLOCK_ROWS * d).zip(h.par_chunks(BLOCK_ROWS * d)).for_each(|(o, i)| i.convert_to_f32_slice(o));
-    buf
-}
-
-/// The rows of a block as f32: borrowed for f32 indexes, converted for f16.
+/// The rows of a block as f32: borrowed for f32 indexes, converted for f16
+/// (in pieces of BLOCK_ROWS rows on all cores).
 fn block_f32<'a>(index: &'a Index, rows: std::ops::Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
     let d = index.dim();
     if let Some(f) = index.f32_rows() {
@@ -198,7 +186,7 @@ fn block_f32<'a>(index: &'a Index, rows: std::ops::Range<usize>, buf: &'a mut Ve
     let h = &index.f16_rows().expect("f16 or f32")[rows.start * d..rows.end * d];
     buf.resize(h.len(), 0.0);
     use half::slice::HalfFloatSliceExt;
-    h.convert_to_f32_slice(buf);
+    buf.par_chunks_mut(BLOCK_ROWS * d).zip(h.par_chunks(BLOCK_ROWS * d)).for_each(|(o, i)| i.convert_to_f32_slice(o));
     buf
 }
 

@@ -100,7 +100,7 @@ fn time_text(model: &LongClip, device: &Device, args: &BenchArgs) -> Result<f64>
     if args.text_tokens < 2 || args.text_tokens > context {
         bail!("--text-tokens must be between 2 and {context}");
     }
-    let ids = synthetic_texts(args.text_batch, args.text_tokens);
+    let ids = model::synthetic_token_ids(args.text_batch, args.text_tokens);
     let secs = timed(device, args.iters, || Ok(model.text.encode(&ids)?))?;
     Ok((args.text_batch * args.iters) as f64 / secs)
 }
@@ -136,18 +136,6 @@ fn timed(device: &Device, iters: usize, mut run: impl FnMut() -> Result<Tensor>)
     }
     device.synchronize()?;
     Ok(start.elapsed().as_secs_f64())
-}
-
-/// `n` texts of `len` tokens: SOT, varied ordinary tokens, EOT.
-fn synthetic_texts(n: usize, len: usize) -> Vec<Vec<u32>> {
-    (0..n)
-        .map(|i| {
-            let mut ids = vec![49406];
-            ids.extend((1..len - 1).map(|j| ((i * 7919 + j * 104729) % 49000 + 1) as u32));
-            ids.push(49407);
-            ids
-        })
-        .collect()
 }
 
 #[cfg(test)]
