@@ -32,4 +32,5 @@ pub mod reference;
 pub mod search;
 pub mod serve;
 pub mod stretch;
+pub mod synth;
 pub mod tokenizer;
