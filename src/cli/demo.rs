@@ -95,7 +95,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let (plot, json) = (plot.display().to_string(), json.display().to_string());
     println!("\n4. longclip probe --model {m} --dataset urban1k --root {root} --plot {plot} --no-cache");
     run_command(&[
-        "probe", "--model", &m, "--dataset", "urban1k", "--root", &root, "--lengths", "10,20,30,40,50,60,77,100,150,248",
+        "probe", "--model", &m, "--dataset", "urban1k", "--root", &root, "--lengths", "10,20,40,60,77,90,100,110,120,248",
         "--plot", &plot, "--json", &json, "--no-cache",
     ])?;
     headline(Path::new(&json), a.n, start.elapsed().as_secs_f64())
