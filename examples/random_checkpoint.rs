@@ -6,7 +6,7 @@
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [preset, out] = &args[..] else {
-        anyhow::bail!("usage: random_checkpoint PRESET OUT.safetensors (PRESET: longclip-b or longclip-l)");
+        anyhow::bail!("usage: random_checkpoint PRESET OUT.safetensors (PRESET: longclip-b, longclip-l or demo)");
     };
     let config = longclip::checkpoint::Config::preset(preset)?;
     let ckpt = longclip::checkpoint::random(&config, 0)?;

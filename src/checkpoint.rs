@@ -699,7 +699,9 @@ impl Config {
         let (embed_dim, tw, th, vw, vl, vh, patch) = match name {
             "longclip-b" | "b" => (512, 512, 8, 768, 12, 12, 16),
             "longclip-l" | "l" => (768, 768, 12, 1024, 24, 16, 14),
-            other => bail!("unknown preset '{other}' (expected longclip-b or longclip-l)"),
+            // `longclip demo`'s model: a narrow text tower keeps the f16 token table at 6 MB.
+            "demo" => return Ok(Config::demo()),
+            other => bail!("unknown preset '{other}' (expected longclip-b, longclip-l or demo)"),
         };
         Ok(Config {
             embed_dim,
@@ -707,6 +709,18 @@ impl Config {
             vision: VisionConfig { width: vw, layers: vl, heads: vh, mlp_width: 4 * vw, patch_size: patch, image_size: 224 },
             activation: Activation::QuickGelu,
         })
+    }
+}
+
+impl Config {
+    /// The small model `longclip demo` ships (trained on `longclip synth` scenes).
+    pub fn demo() -> Config {
+        Config {
+            embed_dim: 64,
+            text: TextConfig { width: 64, layers: 4, heads: 1, mlp_width: 256, context_length: 248, vocab_size: 49408 },
+            vision: VisionConfig { width: 128, layers: 4, heads: 2, mlp_width: 512, patch_size: 16, image_size: 96 },
+            activation: Activation::QuickGelu,
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //! published numbers and [`plot`] draws the length probe. Search: [`index`]
 //! stores embeddings (exact and HNSW), [`search`] queries them and [`serve`]
 //! is the HTTP API and page. Fine-tuning: [`pcm`] is the loss (with
-//! [`linalg`] for its PCA) and [`finetune`] the training.
+//! [`linalg`] for its PCA) and [`finetune`] the training. [`synth`] generates
+//! the synthetic long-caption scenes of `longclip demo`.
 
 pub mod cache;
 pub mod checkpoint;
@@ -32,4 +33,5 @@ pub mod reference;
 pub mod search;
 pub mod serve;
 pub mod stretch;
+pub mod synth;
 pub mod tokenizer;

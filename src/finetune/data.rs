@@ -132,7 +132,7 @@ pub fn read_eval_records(spec: &str, image_root: Option<&Path>, short: &ShortCap
     Ok(read_dataset(spec, image_root, short)?.records)
 }
 
-/// Urban1k: `image/N.jpg` and the first line of `caption/N.txt`, in the
+/// Urban1k: `image/N.jpg` (or `.png`) and the first line of `caption/N.txt`, in the
 /// order of N.
 fn urban1k(root: &Path) -> Result<Vec<Record>> {
     let caption_dir = root.join("caption");
@@ -154,9 +154,21 @@ fn urban1k(root: &Path) -> Result<Vec<Record>> {
             let path = caption_dir.join(format!("{stem}.txt"));
             let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
             let caption = text.lines().next().unwrap_or_default().to_string();
-            Ok(Record { image: root.join("image").join(format!("{stem}.jpg")), short: first_sentence(&caption), long: caption })
+            Ok(Record { image: urban_image(root, stem), short: first_sentence(&caption), long: caption })
         })
         .collect()
+}
+
+/// `image/N.jpg`, or `image/N.png` when only that exists (`longclip synth`
+/// writes PNG); a missing image is reported by the loader.
+fn urban_image(root: &Path, stem: &str) -> PathBuf {
+    let jpg = root.join("image").join(format!("{stem}.jpg"));
+    let png = jpg.with_extension("png");
+    if !jpg.exists() && png.exists() {
+        png
+    } else {
+        jpg
+    }
 }
 
 /// One row of any layout: named string fields.
