@@ -13,13 +13,13 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/longclip-demo-train}
 mkdir -p "$work"
 cd "$repo"
-cargo build --release --bin longclip --example random_checkpoint --example half_checkpoint
+cargo build --release --bin longclip --example random_checkpoint --example pack_demo_model
 bin=$repo/target/release
 "$bin/examples/random_checkpoint" demo "$work/init.safetensors"
 "$bin/longclip" synth --out "$work/train" --n 30000 --seed 1000 --hard 0.5 --pool 8
 RAYON_NUM_THREADS=1 nice -n 10 "$bin/longclip" finetune --model "$work/init.safetensors" --data "urban1k:$work/train" \
     --out "$work/run" --epochs 3 --batch-size 64 --lr 1e-3 --warmup 100 --log-scale 2.6593 --pca-group 0 \
     --save-every 200 --keep 3 --seed 0 --quiet
-"$bin/examples/half_checkpoint" "$work/run/model.safetensors" assets/demo/longclip-demo.safetensors
+"$bin/examples/pack_demo_model" "$work/run/model.safetensors" assets/demo/longclip-demo.safetensors.gz
 cp "$work/run/log.jsonl" assets/demo/train-log.jsonl
 cp "$work/run/train.json" assets/demo/train.json

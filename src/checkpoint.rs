@@ -204,10 +204,11 @@ struct Metadata {
 type Tensors = HashMap<String, Tensor>;
 
 fn read_file(path: &Path) -> Result<(Format, Tensors, Metadata)> {
-    let mut magic = [0u8; 8];
+    let mut head = [0u8; 9];
     let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut magic))
+        .and_then(|mut f| f.read(&mut head))
         .with_context(|| format!("{}: cannot read", path.display()))?;
+    let magic: [u8; 8] = head[..8].try_into().expect("8 bytes");
     if n == 0 {
         bail!("{}: empty file", path.display());
     }
@@ -221,11 +222,17 @@ fn read_file(path: &Path) -> Result<(Format, Tensors, Metadata)> {
             path.display()
         );
     }
+    // A safetensors header always has '{' at byte 8; a gzip header never
+    // does (byte 8 is its XFL flag), though its first 8 can pass for a length.
+    if magic.starts_with(&[0x1f, 0x8b, 0x08]) && head[8] != b'{' {
+        return read_gzipped_safetensors(path);
+    }
     if is_safetensors_header(&magic) {
-        return guarded(path, || read_safetensors(path));
+        let data = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        return guarded(path, || read_safetensors(&data, path));
     }
     bail!(
-        "{}: not a checkpoint (expected a torch .pt zip, a .safetensors file or a Hugging Face model directory)",
+        "{}: not a checkpoint (expected a torch .pt zip, a .safetensors file (or .safetensors.gz) or a Hugging Face model directory)",
         path.display()
     )
 }
@@ -245,9 +252,31 @@ fn is_safetensors_header(magic: &[u8; 8]) -> bool {
     len > 1 && len < 100_000_000
 }
 
-fn read_safetensors(path: &Path) -> Result<(Format, Tensors, Metadata)> {
-    let data = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&data)
+/// Largest checkpoint a .gz may expand to: well above LongCLIP-L in f32,
+/// small enough that a hostile file cannot exhaust memory.
+const MAX_GUNZIPPED_BYTES: u64 = 4 << 30;
+
+/// A gzip-compressed safetensors file (how the bundled demo model ships:
+/// its never-trained token rows are zeros, which compress away).
+fn read_gzipped_safetensors(path: &Path) -> Result<(Format, Tensors, Metadata)> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut data = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .take(MAX_GUNZIPPED_BYTES + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("{}: not a valid gzip file", path.display()))?;
+    if data.len() as u64 > MAX_GUNZIPPED_BYTES {
+        bail!("{}: expands to more than {} GiB", path.display(), MAX_GUNZIPPED_BYTES >> 30);
+    }
+    let head: [u8; 8] = data.get(..8).and_then(|h| h.try_into().ok()).unwrap_or_default();
+    if !is_safetensors_header(&head) {
+        bail!("{}: a gzip file that does not hold a safetensors checkpoint", path.display());
+    }
+    guarded(path, || read_safetensors(&data, path))
+}
+
+fn read_safetensors(data: &[u8], path: &Path) -> Result<(Format, Tensors, Metadata)> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(data)
         .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
     let mut meta = Metadata::default();
     if let Some(json) = header.metadata().as_ref().and_then(|m| m.get(CONFIG_METADATA_KEY)) {
@@ -255,7 +284,7 @@ fn read_safetensors(path: &Path) -> Result<(Format, Tensors, Metadata)> {
             .with_context(|| format!("{}: bad '{CONFIG_METADATA_KEY}' metadata", path.display()))?;
         meta.config = Some(config);
     }
-    let tensors = candle_core::safetensors::load_buffer(&data, &Device::Cpu)
+    let tensors = candle_core::safetensors::load_buffer(data, &Device::Cpu)
         .with_context(|| format!("{}: cannot read tensors", path.display()))?;
     Ok((Format::Safetensors, tensors, meta))
 }

@@ -137,3 +137,34 @@ fn corrupted_checkpoints_never_panic() {
         }
     }
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+#[test]
+fn gzipped_safetensors_load_like_the_plain_file_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("model.safetensors");
+    longclip::export::save_checkpoint(&checkpoint::load(&fixture("tiny-longclip.pt")).unwrap(), &plain).unwrap();
+    let packed = dir.path().join("model.safetensors.gz");
+    let bytes = std::fs::read(&plain).unwrap();
+    std::fs::write(&packed, gzip(&bytes)).unwrap();
+    let (a, b) = (checkpoint::load(&plain).unwrap(), checkpoint::load(&packed).unwrap());
+    assert_eq!(a.fingerprint().unwrap(), b.fingerprint().unwrap());
+    assert_eq!(a.config, b.config);
+
+    let truncated = dir.path().join("cut.safetensors.gz");
+    let gz = gzip(&bytes);
+    std::fs::write(&truncated, &gz[..gz.len() / 2]).unwrap();
+    let err = load_err(&truncated);
+    assert!(err.contains("cut.safetensors.gz") && err.contains("not a valid gzip file"), "{err}");
+
+    let other = dir.path().join("notes.txt.gz");
+    std::fs::write(&other, gzip(b"just some text, not a checkpoint")).unwrap();
+    let err = load_err(&other);
+    assert!(err.contains("notes.txt.gz") && err.contains("does not hold a safetensors checkpoint"), "{err}");
+}

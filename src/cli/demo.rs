@@ -46,7 +46,7 @@ pub fn synth(a: SynthArgs) -> Result<()> {
 }
 
 /// Where the bundled model lives in the repository.
-pub const DEMO_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo/longclip-demo.safetensors");
+pub const DEMO_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo/longclip-demo.safetensors.gz");
 /// The held-out seed: the model was trained on seed 1000 (scripts/train-demo-model.sh).
 const HELD_OUT_SEED: u64 = 20261122;
 /// Marks a folder `demo` made, so a rerun may replace it.
