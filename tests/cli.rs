@@ -3,33 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
 use candle_core::Tensor;
 use common::*;
-
-fn longclip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_longclip")).args(args).output().expect("runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = longclip(args);
-    assert!(out.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = longclip(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
-    stderr
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn model() -> PathBuf {
     fixture("tiny-longclip.pt")

@@ -303,10 +303,6 @@ fn longclip(args: &[&str]) -> std::process::Output {
     out
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 #[test]
 fn loss_command_matches_official() {
     let dir = tempfile::tempdir().unwrap();

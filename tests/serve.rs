@@ -12,10 +12,6 @@ use std::time::Duration;
 use base64::Engine;
 use common::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn ok(args: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_longclip")).args(args).output().unwrap();
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));

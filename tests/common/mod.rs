@@ -3,9 +3,35 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
+
+/// Runs the `longclip` binary built for this test run.
+pub fn longclip(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_longclip")).args(args).output().expect("runs")
+}
+
+/// Runs `longclip` and insists it succeeds.
+pub fn ok(args: &[&str]) -> Output {
+    let out = longclip(args);
+    assert!(out.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Runs `longclip`, insists it fails without a panic, and returns stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = longclip(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    stderr
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
