@@ -16,46 +16,29 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use longclip::index::{self, Dtype, HnswParams, ImportOptions, Index};
+use longclip::rng::SplitMix;
 use longclip::search;
 
 const DIM: usize = 512;
 const CENTRES: usize = 1000;
 const QUERIES: usize = 500;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn normal(&mut self) -> f32 {
-        let u = ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
-        let v = ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
-    }
-}
-
 struct Generator {
     centres: Vec<Vec<f32>>,
-    rng: Rng,
+    rng: SplitMix,
 }
 
 impl Generator {
     fn new(seed: u64) -> Generator {
-        let mut rng = Rng(seed);
+        let mut rng = SplitMix(seed);
         let centres = (0..CENTRES).map(|_| unit((0..DIM).map(|_| rng.normal()).collect())).collect();
-        Generator { centres, rng: Rng(seed ^ 0xABCDEF) }
+        Generator { centres, rng: SplitMix(seed ^ 0xABCDEF) }
     }
 
     /// A centre plus noise of about the centre's size (within-cluster cosine ~0.5-0.7).
     fn draw(&mut self) -> Vec<f32> {
-        let c = (self.rng.next() % CENTRES as u64) as usize;
-        let spread = 0.03 + 0.03 * ((self.rng.next() % 100) as f32 / 100.0);
+        let c = (self.rng.next_u64() % CENTRES as u64) as usize;
+        let spread = 0.03 + 0.03 * ((self.rng.next_u64() % 100) as f32 / 100.0);
         unit((0..DIM).map(|j| self.centres[c][j] + spread * self.rng.normal()).collect())
     }
 }

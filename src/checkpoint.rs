@@ -18,6 +18,8 @@ use candle_core::pickle::{Object, Stack, TensorInfo};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::rng::SplitMix;
+
 /// Positions Long-CLIP copies unchanged from CLIP (knowledge-preserved stretching).
 pub const KEEP_POSITIONS: usize = 20;
 /// Metadata key under which our safetensors files store the [`Config`].
@@ -779,25 +781,3 @@ pub fn random(config: &Config, seed: u64) -> Result<Checkpoint> {
     Ok(Checkpoint { path, format: Format::Safetensors, config: config.clone(), tensors, ignored: vec![] })
 }
 
-/// A small deterministic generator, so random checkpoints are the same on every machine.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
-    }
-
-    /// Box-Muller; one value per call keeps it simple.
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
-    }
-}

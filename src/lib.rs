@@ -30,6 +30,7 @@ pub mod pcm;
 pub mod plot;
 pub mod preprocess;
 pub mod reference;
+pub mod rng;
 pub mod search;
 pub mod serve;
 pub mod stretch;

@@ -14,6 +14,8 @@ use anyhow::{bail, Context, Result};
 use image::{Rgb, RgbImage};
 use rayon::prelude::*;
 
+use crate::rng::SplitMix;
+
 /// Cells per side of the grid; cell k (reading order) holds object k.
 pub const GRID: usize = 3;
 pub const OBJECTS: usize = GRID * GRID;
@@ -73,34 +75,14 @@ pub struct Scene {
     pub objects: [Object; OBJECTS],
 }
 
-/// SplitMix64: small, fast and the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, stream: u64, index: u64) -> Rng {
-        let mut r = Rng(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        r.next();
-        r
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
+/// The generator of one stream (`stream`) of one item (`index`) under `seed`.
+fn rng(seed: u64, stream: u64, index: u64) -> SplitMix {
+    let mut r = SplitMix(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    r.next_u64();
+    r
 }
 
-fn random_object(rng: &mut Rng) -> Object {
+fn random_object(rng: &mut SplitMix) -> Object {
     Object {
         shape: rng.below(SHAPES.len()),
         colour: rng.below(COLOURS.len()),
@@ -111,20 +93,20 @@ fn random_object(rng: &mut Rng) -> Object {
 
 /// The shared part of a hard group: background and top two rows.
 fn prefix(seed: u64, key: u64) -> (usize, [Object; SHARED]) {
-    let mut rng = Rng::new(seed, 1, key);
+    let mut rng = rng(seed, 1, key);
     let background = rng.below(BACKGROUNDS.len());
     (background, std::array::from_fn(|_| random_object(&mut rng)))
 }
 
 /// Whether `group` (of consecutive scenes) is a hard group.
 fn is_hard(seed: u64, group: usize, hard: f64) -> bool {
-    Rng::new(seed, 2, group as u64).unit() < hard
+    rng(seed, 2, group as u64).unit() < hard
 }
 
 /// Scene `index` of a set: a function of the options and the index only.
 pub fn scene(opts: &SynthOptions, index: usize) -> Scene {
     let group = index / opts.group.max(1);
-    let mut rng = Rng::new(opts.seed, 3, index as u64);
+    let mut rng = rng(opts.seed, 3, index as u64);
     let mut objects: [Object; OBJECTS] = std::array::from_fn(|_| random_object(&mut rng));
     let mut background = rng.below(BACKGROUNDS.len());
     let key = if opts.pool > 0 {
