@@ -108,15 +108,15 @@ fn bench_size(root: &Path, n: usize, with_hnsw: bool) {
     if !dir.join("manifest.json").exists() {
         let _ = std::fs::remove_dir_all(&dir);
         let hnsw = with_hnsw.then(HnswParams::default);
-        let opts = ImportOptions { embeddings: npy, ids, dtype: Dtype::F16, hnsw, model: None, progress: false };
+        let opts = ImportOptions { embeddings: npy, ids, dtype: Dtype::F16, hnsw, model: None, progress: false, append: false, segment_rows: index::DEFAULT_SEGMENT_ROWS, merge: None };
         let t = Instant::now();
         let m = index::import(&dir, &opts).unwrap();
         let total = t.elapsed().as_secs_f64();
-        let graph = m.hnsw.as_ref().map_or(0.0, |h| h.build_seconds);
+        let graph: f64 = m.segments.iter().filter_map(|s| s.hnsw.as_ref()).map(|h| h.build_seconds).sum();
         println!("import: {total:.1} s (of which HNSW build {graph:.1} s, M {}, ef_construction {})", HnswParams::default().m, HnswParams::default().ef_construction);
     } else {
         let m = index::read_manifest(&dir).unwrap();
-        println!("import: reused {} (HNSW build took {:.1} s)", dir.display(), m.hnsw.as_ref().map_or(0.0, |h| h.build_seconds));
+        println!("import: reused {} (HNSW build took {:.1} s)", dir.display(), m.segments.iter().filter_map(|s| s.hnsw.as_ref()).map(|h| h.build_seconds).sum::<f64>());
     }
 
     let (rss0, _) = rss_mb();

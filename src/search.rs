@@ -10,15 +10,16 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::checkpoint;
-use crate::index::{Index, ModelInfo};
+use crate::index::{Index, ModelInfo, Segment};
 use crate::model::{l2_normalize, LongClip};
 use crate::preprocess::Transform;
 use crate::tokenizer::Tokenizer;
 
-/// Above this many vectors, searches use the HNSW graph when the index has
-/// one (`--exact` forces the scan). Measured on 2 cores (docs/index-and-search.md):
-/// an exact f16 scan of 100k 512-d rows takes ~10 ms a query, so below this
-/// a scan is both exact and fast enough for interactive use.
+/// Above this many live vectors in a segment, searches use the segment's
+/// HNSW graph when it has one (`--exact` forces the scan). Measured on 2
+/// cores (docs/index-and-search.md): an exact f16 scan of 100k 512-d rows
+/// takes ~10 ms a query, so below this a scan is both exact and fast enough
+/// for interactive use.
 pub const HNSW_THRESHOLD: usize = 100_000;
 
 /// Rows scanned per task; small enough that the f32 copy of a block stays in cache.
@@ -36,10 +37,13 @@ pub struct Hit {
     pub score: f32,
 }
 
+/// How a search ran: every segment scanned, every segment through its
+/// graph, or some of each (small segments are scanned).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Method {
     Exact,
     Hnsw { ef: usize },
+    Mixed { ef: usize },
 }
 
 /// How to search: `exact` forces the scan; `ef` overrides the manifest's beam.
@@ -50,49 +54,115 @@ pub struct Options {
     pub ef: Option<usize>,
 }
 
+/// Whether a segment is searched through its graph.
+fn uses_graph(seg: &Segment, opts: &Options) -> bool {
+    seg.meta.hnsw.is_some() && !opts.exact && (opts.ef.is_some() || seg.meta.live() > HNSW_THRESHOLD)
+}
+
+fn beam(seg: &Segment, opts: &Options) -> usize {
+    let default = seg.meta.hnsw.as_ref().map_or(128, |h| h.params.ef_search);
+    opts.ef.unwrap_or(default).max(opts.k)
+}
+
 /// The method `search` will use on this index.
 pub fn method(index: &Index, opts: &Options) -> Method {
-    match &index.manifest.hnsw {
-        Some(info) if !opts.exact && (opts.ef.is_some() || index.len() > HNSW_THRESHOLD) => Method::Hnsw { ef: opts.ef.unwrap_or(info.params.ef_search).max(opts.k) },
-        _ => Method::Exact,
+    let segs = index.segments();
+    let graphs: Vec<&Segment> = segs.iter().filter(|s| uses_graph(s, opts)).collect();
+    let ef = graphs.first().map_or(0, |s| beam(s, opts));
+    match graphs.len() {
+        0 => Method::Exact,
+        n if n == segs.len() => Method::Hnsw { ef },
+        _ => Method::Mixed { ef },
     }
 }
 
-/// Top-k rows and cosine scores for each query, best first (ties by row).
-pub fn search_rows(index: &Index, queries: &[Vec<f32>], opts: &Options) -> Result<Vec<Vec<(usize, f32)>>> {
-    for q in queries {
+/// Checks every query: the index's dimension, finite, not all zeros.
+/// Errors name the query row.
+pub fn check_queries(index: &Index, queries: &[Vec<f32>]) -> Result<()> {
+    for (i, q) in queries.iter().enumerate() {
         if q.len() != index.dim() {
-            bail!("query has {} dimensions, the index {}", q.len(), index.dim());
+            bail!("query row {i}: {} dimensions, the index has {}", q.len(), index.dim());
+        }
+        if let Some(j) = q.iter().position(|v| !v.is_finite()) {
+            bail!("query row {i}: value {j} is not finite ({})", q[j]);
+        }
+        if q.iter().all(|v| *v == 0.0) {
+            bail!("query row {i}: all zeros (no direction to search by)");
         }
     }
+    Ok(())
+}
+
+/// Top-k global rows and cosine scores for each query, best first (equal
+/// scores by lower id, so any segment layout gives the same order). Fans
+/// out over segments in parallel and merges their top-k.
+pub fn search_rows(index: &Index, queries: &[Vec<f32>], opts: &Options) -> Result<Vec<Vec<(usize, f32)>>> {
+    check_queries(index, queries)?;
     let k = opts.k.min(index.len());
     if k == 0 {
         return Ok(vec![Vec::new(); queries.len()]);
     }
-    match method(index, opts) {
-        Method::Exact => Ok(exact(index, queries, k)),
-        Method::Hnsw { ef } => {
-            let graph = index.graph()?.expect("method() checked the graph");
-            Ok(queries
-                .par_iter()
-                .map(|q| {
-                    // Scores from the stored rows, so both methods report the same numbers.
-                    let mut row = vec![0f32; index.dim()];
-                    let mut hits: Vec<(usize, f32)> = graph
-                        .search(q, k, ef)
-                        .into_iter()
-                        .map(|r| {
-                            index.row(r, &mut row);
-                            (r, dot(q, &row))
-                        })
-                        .collect();
-                    hits.sort_by(better);
-                    hits.truncate(k);
-                    hits
-                })
-                .collect())
+    let opts = Options { k, ..*opts };
+    let per_segment: Vec<Vec<Vec<(usize, f32)>>> = index
+        .segments()
+        .par_iter()
+        .enumerate()
+        .filter(|(_, seg)| seg.meta.live() > 0)
+        .map(|(s, seg)| {
+            let start = index.segment_start(s);
+            let local = search_segment(seg, queries, &opts)?;
+            Ok(local.into_iter().map(|hits| hits.into_iter().map(|(r, score)| (start + r, score)).collect()).collect())
+        })
+        .collect::<Result<_>>()?;
+    let mut out = vec![Vec::new(); queries.len()];
+    for lists in per_segment {
+        for (all, hits) in out.iter_mut().zip(lists) {
+            all.extend(hits);
         }
     }
+    for hits in &mut out {
+        let mut keyed: Vec<(u64, usize, f32)> = hits.iter().map(|&(r, s)| (index.id(r), r, s)).collect();
+        keyed.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+        keyed.truncate(k);
+        *hits = keyed.into_iter().map(|(_, r, s)| (r, s)).collect();
+    }
+    Ok(out)
+}
+
+/// Top-k rows of one segment (its own row numbers) for each query.
+fn search_segment(seg: &Segment, queries: &[Vec<f32>], opts: &Options) -> Result<Vec<Vec<(usize, f32)>>> {
+    let k = opts.k.min(seg.meta.live());
+    if !uses_graph(seg, opts) {
+        return Ok(exact_segment(seg, queries, k));
+    }
+    let graph = match seg.graph() {
+        Ok(g) => g.expect("uses_graph checked the graph"),
+        // A merge committed since this view was opened and deleted the
+        // segment's files; its vectors are still mapped, so scan them.
+        Err(_) if !seg.dir.exists() => return Ok(exact_segment(seg, queries, k)),
+        Err(e) => return Err(e),
+    };
+    let ef = beam(seg, opts);
+    let keep = |r: usize| !seg.is_deleted(r);
+    queries
+        .par_iter()
+        .map(|q| {
+            let rows = if seg.meta.deleted > 0 { graph.search_filtered(q, k, ef, &keep)? } else { graph.search(q, k, ef)? };
+            // Scores from the stored rows, so both methods report the same numbers.
+            let mut row = vec![0f32; q.len()];
+            let mut hits: Vec<(usize, f32)> = rows
+                .into_iter()
+                .filter(|&r| r < seg.rows() && !seg.is_deleted(r))
+                .map(|r| {
+                    seg.row(r, &mut row);
+                    (r, dot(q, &row))
+                })
+                .collect();
+            hits.sort_by(better);
+            hits.truncate(k);
+            Ok(hits)
+        })
+        .collect()
 }
 
 /// Hits with ids and paths for each query.
@@ -116,20 +186,26 @@ const GEMM_MIN_QUERIES: usize = 8;
 /// product efficient, small enough that the scores stay in cache.
 const GEMM_BLOCK_ROWS: usize = 4096;
 
-/// Exact top-k by scanning every row. Few queries: rayon over blocks, each
-/// block converted to f32 once and dotted with every query. Many queries:
-/// blocks in turn, each scored against all queries by one multi-threaded
-/// matrix product.
+/// Exact top-k over every live row of the index (global rows), by scanning.
 pub fn exact(index: &Index, queries: &[Vec<f32>], k: usize) -> Vec<Vec<(usize, f32)>> {
-    if queries.len() >= GEMM_MIN_QUERIES {
-        return exact_gemm(index, queries, k).expect("shapes checked by the index");
-    }
-    exact_dots(index, queries, k)
+    let opts = Options { k, exact: true, ef: None };
+    search_rows(index, queries, &opts).expect("queries checked by the caller")
 }
 
-fn exact_dots(index: &Index, queries: &[Vec<f32>], k: usize) -> Vec<Vec<(usize, f32)>> {
-    let d = index.dim();
-    let n = index.len();
+/// Exact top-k of one segment. Few queries: rayon over blocks, each block
+/// converted to f32 once and dotted with every query. Many queries: blocks
+/// in turn, each scored against all queries by one multi-threaded matrix
+/// product. Deleted rows are skipped.
+fn exact_segment(seg: &Segment, queries: &[Vec<f32>], k: usize) -> Vec<Vec<(usize, f32)>> {
+    if queries.len() >= GEMM_MIN_QUERIES {
+        return exact_gemm(seg, queries, k).expect("shapes checked by the index");
+    }
+    exact_dots(seg, queries, k)
+}
+
+fn exact_dots(seg: &Segment, queries: &[Vec<f32>], k: usize) -> Vec<Vec<(usize, f32)>> {
+    let d = queries[0].len();
+    let n = seg.rows();
     let blocks = n.div_ceil(BLOCK_ROWS);
     let empty = || vec![TopK::new(k); queries.len()];
     let tops = (0..blocks)
@@ -138,10 +214,12 @@ fn exact_dots(index: &Index, queries: &[Vec<f32>], k: usize) -> Vec<Vec<(usize, 
             || (empty(), Vec::<f32>::new()),
             |(mut tops, mut buf), b| {
                 let rows = b * BLOCK_ROWS..((b + 1) * BLOCK_ROWS).min(n);
-                let block = block_f32(index, rows.clone(), &mut buf);
+                let block = block_f32(seg, d, rows.clone(), &mut buf);
                 for (top, q) in tops.iter_mut().zip(queries) {
                     for (i, row) in block.chunks_exact(d).enumerate() {
-                        top.push(rows.start + i, dot(q, row));
+                        if !seg.is_deleted(rows.start + i) {
+                            top.push(rows.start + i, dot(q, row));
+                        }
                     }
                 }
                 (tops, buf)
@@ -157,33 +235,34 @@ fn exact_dots(index: &Index, queries: &[Vec<f32>], k: usize) -> Vec<Vec<(usize, 
     tops.into_iter().map(TopK::into_sorted).collect()
 }
 
-fn exact_gemm(index: &Index, queries: &[Vec<f32>], k: usize) -> candle_core::Result<Vec<Vec<(usize, f32)>>> {
-    let (d, n) = (index.dim(), index.len());
+fn exact_gemm(seg: &Segment, queries: &[Vec<f32>], k: usize) -> candle_core::Result<Vec<Vec<(usize, f32)>>> {
+    let (d, n) = (queries[0].len(), seg.rows());
     let q = Tensor::from_vec(queries.concat(), (queries.len(), d), &Device::Cpu)?;
     let mut tops = vec![TopK::new(k); queries.len()];
     let mut buf = Vec::new();
     for start in (0..n).step_by(GEMM_BLOCK_ROWS) {
         let rows = start..(start + GEMM_BLOCK_ROWS).min(n);
-        let block = block_f32(index, rows.clone(), &mut buf);
+        let block = block_f32(seg, d, rows.clone(), &mut buf);
         let block = Tensor::from_slice(block, (rows.len(), d), &Device::Cpu)?;
         let scores = q.matmul(&block.t()?)?.to_vec2::<f32>()?;
         tops.par_iter_mut().zip(scores).for_each(|(top, row_scores)| {
             for (i, score) in row_scores.into_iter().enumerate() {
-                top.push(rows.start + i, score);
+                if !seg.is_deleted(rows.start + i) {
+                    top.push(rows.start + i, score);
+                }
             }
         });
     }
     Ok(tops.into_iter().map(TopK::into_sorted).collect())
 }
 
-/// The rows of a block as f32: borrowed for f32 indexes, converted for f16
+/// The rows of a block as f32: borrowed for f32 segments, converted for f16
 /// (in pieces of BLOCK_ROWS rows on all cores).
-fn block_f32<'a>(index: &'a Index, rows: std::ops::Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
-    let d = index.dim();
-    if let Some(f) = index.f32_rows() {
+fn block_f32<'a>(seg: &'a Segment, d: usize, rows: std::ops::Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if let Some(f) = seg.f32_rows() {
         return &f[rows.start * d..rows.end * d];
     }
-    let h = &index.f16_rows().expect("f16 or f32")[rows.start * d..rows.end * d];
+    let h = &seg.f16_rows().expect("f16 or f32")[rows.start * d..rows.end * d];
     buf.resize(h.len(), 0.0);
     use half::slice::HalfFloatSliceExt;
     buf.par_chunks_mut(BLOCK_ROWS * d).zip(h.par_chunks(BLOCK_ROWS * d)).for_each(|(o, i)| i.convert_to_f32_slice(o));

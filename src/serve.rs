@@ -21,7 +21,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::index::Index;
+use crate::index::LiveIndex;
 use crate::search::{self, QueryEncoder};
 
 /// Largest k a request may ask for.
@@ -36,7 +36,8 @@ const MAX_THUMB: u32 = 1024;
 const PAGE: &str = include_str!("../assets/search.html");
 
 pub struct AppState {
-    pub index: Index,
+    /// Follows the index's commits (adds, removes, merges) without a restart.
+    pub index: LiveIndex,
     /// None when no model could be loaded: then only `like` searches work.
     pub encoder: Option<QueryEncoder>,
 }
@@ -97,7 +98,8 @@ async fn page() -> Html<&'static str> {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let m = &state.index.manifest;
+    let index = state.index.get();
+    let m = &index.manifest;
     Json(json!({
         "status": "ok",
         "count": m.count,
@@ -223,7 +225,7 @@ async fn run_search(state: Arc<AppState>, req: Request) -> Result<Response, ApiE
 
 fn blocking_search(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let index = &state.index;
+    let index = &*state.index.get();
     let need_model = || state.encoder.as_ref().ok_or_else(|| ApiError::bad("this server has no model loaded: only like=ID searches work"));
     let (vector, truncated, query) = match req.want {
         Want::Text(t) => {
@@ -244,7 +246,11 @@ fn blocking_search(state: &AppState, req: Request) -> Result<Response, ApiError>
     let body = json!({
         "query": query,
         "truncated": truncated,
-        "method": match method { search::Method::Exact => "exact".to_string(), search::Method::Hnsw { ef } => format!("hnsw (ef {ef})") },
+        "method": match method {
+            search::Method::Exact => "exact".to_string(),
+            search::Method::Hnsw { ef } => format!("hnsw (ef {ef})"),
+            search::Method::Mixed { ef } => format!("hnsw (ef {ef}) and exact"),
+        },
         "count": index.len(),
         "took_ms": start.elapsed().as_secs_f64() * 1000.0,
         "results": hits.into_iter().next().unwrap_or_default(),
@@ -262,13 +268,14 @@ struct ImageParams {
 async fn image(State(state): State<Arc<AppState>>, Path(id): Path<String>, params: Result<Query<ImageParams>, QueryRejection>) -> Result<Response, ApiError> {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such image");
     let id: u64 = id.parse().map_err(|_| not_found())?;
-    let row = state.index.row_of_id(id).ok_or_else(not_found)?;
+    let index = state.index.get();
+    let row = index.row_of_id(id).ok_or_else(not_found)?;
     let size = match params.ok().and_then(|Query(p)| p.size) {
         Some(s) => Some(s.parse::<u32>().ok().filter(|&n| n > 0 && n <= MAX_THUMB).ok_or_else(|| ApiError::bad(format!("size must be 1..={MAX_THUMB}")))?),
         None => None,
     };
-    let entry = state.index.entry(row).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
-    let path = state.index.resolve(&entry);
+    let entry = index.entry(row).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let path = index.resolve(&entry);
     let served = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, &'static str), ApiError> {
         let bytes = std::fs::read(&path).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "the image file is gone"))?;
         if let Some(size) = size {

@@ -68,7 +68,8 @@ fn search_json(args: &[&str]) -> Vec<serde_json::Value> {
 
 /// Brute force in f64 over the index's own stored rows: (row, score), best first.
 fn brute_force(index: &Index, query: &[f32]) -> Vec<(usize, f64)> {
-    let mut all: Vec<(usize, f64)> = (0..index.len())
+    let mut all: Vec<(usize, f64)> = index
+        .live_rows()
         .map(|r| (r, index.row_vec(r).iter().zip(query).map(|(a, b)| *a as f64 * *b as f64).sum()))
         .collect();
     all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -130,7 +131,7 @@ fn build_search_exact_and_hnsw_equal_brute_force() {
     ok(&["embed", "--model", s(&model()), "--images", s(&images), "--out", s(&npy)]);
     let reference = rows(&Tensor::read_npy(&npy).unwrap());
     let opened = Index::open(&index).unwrap();
-    let by_path: BTreeMap<String, usize> = (0..opened.len()).map(|r| (opened.resolve(&opened.entry(r).unwrap()).display().to_string(), r)).collect();
+    let by_path: BTreeMap<String, usize> = opened.live_entries().unwrap().into_iter().map(|(r, e)| (opened.resolve(&e).display().to_string(), r)).collect();
     let canonical: Vec<String> = files.iter().map(|f| f.canonicalize().unwrap().display().to_string()).collect();
     assert_eq!(by_path.keys().cloned().collect::<BTreeSet<_>>(), canonical.iter().cloned().collect::<BTreeSet<_>>(), "every image once");
     for (i, path) in canonical.iter().enumerate() {
@@ -174,7 +175,8 @@ fn f16_index_matches_brute_force_over_its_rows() {
     ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index)]);
     let opened = Index::open(&index).unwrap();
     assert_eq!(opened.manifest.dtype, longclip::index::Dtype::F16);
-    let size = std::fs::metadata(index.join(&opened.manifest.files.embeddings)).unwrap().len();
+    let seg = &opened.manifest.segments[0];
+    let size = std::fs::metadata(index.join("segments").join(&seg.name).join(seg.vectors_file())).unwrap().len();
     assert_eq!(size, 25 * 64 * 2, "raw row-major f16");
     let text = "green and violet stripes";
     let query = embed_text(dir.path(), text);
@@ -225,7 +227,7 @@ fn long_queries_are_truncated_with_a_warning_and_batches_write_jsonl() {
 /// Every file of the folder exactly once, keyed by resolved path.
 fn paths_in(index: &Path) -> Vec<String> {
     let opened = Index::open(index).unwrap();
-    let mut paths: Vec<String> = (0..opened.len()).map(|r| opened.resolve(&opened.entry(r).unwrap()).display().to_string()).collect();
+    let mut paths: Vec<String> = opened.live_entries().unwrap().iter().map(|(_, e)| opened.resolve(e).display().to_string()).collect();
     paths.sort();
     paths
 }
@@ -260,7 +262,7 @@ fn a_crashed_build_resumes_and_ends_with_every_image_once() {
     let clean = dir.path().join("clean");
     ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&clean), "--dtype", "f32"]);
     let (a, b) = (Index::open(&index).unwrap(), Index::open(&clean).unwrap());
-    let rows_by_path = |ix: &Index| -> BTreeMap<String, Vec<f32>> { (0..ix.len()).map(|r| (ix.resolve(&ix.entry(r).unwrap()).display().to_string(), ix.row_vec(r))).collect() };
+    let rows_by_path = |ix: &Index| -> BTreeMap<String, Vec<f32>> { ix.live_entries().unwrap().into_iter().map(|(r, e)| (ix.resolve(&e).display().to_string(), ix.row_vec(r))).collect() };
     let (ra, rb) = (rows_by_path(&a), rows_by_path(&b));
     for (path, row) in &ra {
         let c = cosine(row, &rb[path]);
@@ -303,7 +305,7 @@ fn add_embeds_new_and_changed_files_and_remove_drops_entries() {
     let index = dir.path().join("idx");
     ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index), "--dtype", "f32"]);
     let before = Index::open(&index).unwrap();
-    let ids_before: BTreeMap<String, u64> = (0..before.len()).map(|r| { let e = before.entry(r).unwrap(); (e.path, e.id) }).collect();
+    let ids_before: BTreeMap<String, u64> = before.live_entries().unwrap().into_iter().map(|(_, e)| (e.path, e.id)).collect();
 
     let up_to_date = ok(&["index", "add", "--index", s(&index)]);
     assert!(String::from_utf8_lossy(&up_to_date.stderr).contains("up to date"));
@@ -322,8 +324,7 @@ fn add_embeds_new_and_changed_files_and_remove_drops_entries() {
     let after = Index::open(&index).unwrap();
     assert_eq!(after.len(), 13);
     let mut seen = BTreeSet::new();
-    for r in 0..after.len() {
-        let e = after.entry(r).unwrap();
+    for (r, e) in after.live_entries().unwrap() {
         assert!(seen.insert(e.path.clone()), "{} twice", e.path);
         if after.resolve(&e).display().to_string() == changed {
             assert!(e.id >= 10, "a changed file gets a new entry");
@@ -338,7 +339,7 @@ fn add_embeds_new_and_changed_files_and_remove_drops_entries() {
 
     // Remove by path and by id; the removed never come back in results.
     let gone_path = files[0].canonicalize().unwrap();
-    let gone_id = after.entry(5).unwrap().id;
+    let gone_id = after.live_entries().unwrap()[5].1.id;
     ok(&["index", "remove", "--index", s(&index), "--path", s(&gone_path), "--id", &gone_id.to_string()]);
     let removed = Index::open(&index).unwrap();
     assert_eq!(removed.len(), 11);
@@ -350,7 +351,7 @@ fn add_embeds_new_and_changed_files_and_remove_drops_entries() {
     }
     let hnsw = search_json(&["search", "--index", s(&index), "--text", "anything", "-k", "11", "--ef", "40", "--json"]);
     let ids = |v: &[serde_json::Value]| v.iter().map(|h| h["id"].as_u64().unwrap()).collect::<BTreeSet<_>>();
-    assert_eq!(ids(&hnsw), ids(&hits), "the graph was rebuilt without the removed rows");
+    assert_eq!(ids(&hnsw), ids(&hits), "the graph search filters the deleted rows");
 
     // A deleted file: --missing drops it.
     std::fs::remove_file(&files[9]).unwrap();
@@ -358,9 +359,15 @@ fn add_embeds_new_and_changed_files_and_remove_drops_entries() {
     assert_eq!(Index::open(&index).unwrap().len(), 10);
     let err = String::from_utf8_lossy(&ok(&["index", "remove", "--index", s(&index), "--id", "12345"]).stderr).into_owned();
     assert!(err.contains("id 12345: not in the index"), "{err}");
-    // Old generations are cleaned up.
-    let names: Vec<String> = std::fs::read_dir(&index).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!(names.iter().filter(|n| n.starts_with("embeddings-")).count(), 1, "{names:?}");
+    // Files no manifest names are cleaned up: one bitmap per segment at most.
+    let m = Index::open(&index).unwrap().manifest;
+    for seg in &m.segments {
+        let names: Vec<String> = std::fs::read_dir(index.join("segments").join(&seg.name)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let bitmaps: Vec<&String> = names.iter().filter(|n| n.starts_with("deletes-")).collect();
+        assert_eq!(bitmaps.iter().map(|b| Some(b.as_str())).collect::<Vec<_>>(), seg.deletes.iter().map(|d| Some(d.as_str())).collect::<Vec<_>>(), "{names:?}");
+    }
+    let dirs = std::fs::read_dir(index.join("segments")).unwrap().count();
+    assert_eq!(dirs, m.segments.len());
 }
 
 #[test]
@@ -511,18 +518,20 @@ fn empty_folders_missing_and_corrupt_indexes_give_clear_errors() {
     let manifest = Index::open(&index).unwrap().manifest;
 
     // Damaged files are named.
-    let graph = index.join(format!("{}.hnsw.graph", manifest.hnsw.as_ref().unwrap().basename));
+    let seg = index.join("segments").join(&manifest.segments[0].name);
+    let graph = seg.join("hnsw.hnsw.graph");
     let good_graph = std::fs::read(&graph).unwrap();
     std::fs::write(&graph, vec![7u8; good_graph.len()]).unwrap();
     let err = fails(&["search", "--index", s(&index), "--text", "x", "--ef", "10"]);
     assert!(err.contains("corrupt index") && err.contains("HNSW"), "{err}");
     std::fs::write(&graph, &good_graph).unwrap();
 
-    let emb = index.join(&manifest.files.embeddings);
+    let emb_name = manifest.segments[0].vectors_file();
+    let emb = seg.join(&emb_name);
     let good = std::fs::read(&emb).unwrap();
     std::fs::write(&emb, &good[..good.len() - 10]).unwrap();
     let err = fails(&["search", "--index", s(&index), "--text", "x"]);
-    assert!(err.contains("corrupt index") && err.contains(&manifest.files.embeddings), "{err}");
+    assert!(err.contains("corrupt index") && err.contains(&emb_name), "{err}");
     std::fs::remove_file(&emb).unwrap();
     let err = fails(&["search", "--index", s(&index), "--text", "x"]);
     assert!(err.contains("missing"), "{err}");
@@ -587,8 +596,8 @@ fn a_full_disk_fails_the_write_and_keeps_the_previous_index() {
     assert_eq!(std::fs::read(index.join("manifest.json")).unwrap(), before_manifest, "the previous index is in force");
     let still = Index::open(&index).unwrap();
     assert_eq!(still.len(), before.len());
-    let names: Vec<String> = std::fs::read_dir(&index).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert!(!names.iter().any(|n| n.starts_with("embeddings-2")), "the failed generation is removed: {names:?}");
+    let names: Vec<String> = std::fs::read_dir(index.join("segments")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names.len(), before.segments().len(), "the failed segment is removed: {names:?}");
     ok(&["search", "--index", s(&index), "--text", "x"]);
     // With room again, the same command finishes the job.
     ok(&["index", "add", "--index", s(&index)]);

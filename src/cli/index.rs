@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use crate::checkpoint;
 use crate::embed;
-use crate::index::{self, BuildOptions, Dtype, HnswParams, ImportOptions, Index, Selection};
+use crate::index::{self, BuildOptions, Dtype, HnswParams, ImportOptions, Index, MergePolicy, Selection, Shard};
 use crate::model::{self, LongClip};
 use crate::search::{self, QueryEncoder};
 use crate::serve;
@@ -45,6 +45,42 @@ enum IndexCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Merge segments (reusing the stored vectors) down to --max-segments and drop deleted rows.
+    Optimize {
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        max_segments: usize,
+    },
+    /// Adopt the segments of other indexes (e.g. `build --shard` parts) built with the same model.
+    Merge {
+        /// Source indexes (left as they are).
+        #[arg(required = true)]
+        sources: Vec<PathBuf>,
+        /// The destination index (created if missing).
+        #[arg(long)]
+        into: PathBuf,
+        #[command(flatten)]
+        merge: MergeArgs,
+    },
+    /// Convert a format-1 index (before segments) to the current format, without re-embedding.
+    Upgrade {
+        #[arg(long)]
+        index: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Leave the segments as written (no automatic tiered merges).
+    #[arg(long)]
+    no_merge: bool,
+}
+
+impl MergeArgs {
+    fn policy(&self) -> Option<MergePolicy> {
+        (!self.no_merge).then(MergePolicy::default)
+    }
 }
 
 #[derive(Args)]
@@ -85,6 +121,14 @@ struct BuildArgs {
     graph: GraphArgs,
     #[command(flatten)]
     run: RunArgs,
+    /// Images per segment: each is committed (and kept by a resumed build) when full.
+    #[arg(long, default_value_t = index::DEFAULT_SEGMENT_ROWS)]
+    segment_rows: usize,
+    /// Embed only the I-th of N parts of the sorted file list (file number % N == I), e.g. 0/4.
+    #[arg(long)]
+    shard: Option<String>,
+    #[command(flatten)]
+    merge: MergeArgs,
 }
 
 #[derive(Args)]
@@ -110,6 +154,8 @@ struct AddArgs {
     images: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    merge: MergeArgs,
 }
 
 #[derive(Args)]
@@ -144,6 +190,14 @@ struct ImportArgs {
     model: Option<PathBuf>,
     #[command(flatten)]
     graph: GraphArgs,
+    /// Add the rows to an existing index as new segments.
+    #[arg(long)]
+    append: bool,
+    /// Rows per segment written.
+    #[arg(long, default_value_t = index::DEFAULT_SEGMENT_ROWS)]
+    segment_rows: usize,
+    #[command(flatten)]
+    merge: MergeArgs,
 }
 
 #[derive(Args)]
@@ -163,8 +217,11 @@ pub struct SearchArgs {
     /// Many queries (.txt one per line, .json, .jsonl): writes JSONL, one line per query.
     #[arg(long, group = "query")]
     queries: Option<PathBuf>,
-    /// Where --queries writes its JSONL (default: standard output).
-    #[arg(long, requires = "queries")]
+    /// Query vectors made elsewhere: a 2-D .npy [N, D] (float16/32/64); writes JSONL, one line per row. No model needed.
+    #[arg(long, group = "query")]
+    vectors: Option<PathBuf>,
+    /// Where --queries or --vectors write their JSONL (default: standard output).
+    #[arg(long)]
     out: Option<PathBuf>,
     #[arg(short, long, default_value_t = 10)]
     k: usize,
@@ -203,6 +260,22 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
         IndexCommand::Remove(a) => remove(a),
         IndexCommand::Import(a) => import(a),
         IndexCommand::Info { index, json } => info(&index, json),
+        IndexCommand::Optimize { index, max_segments } => {
+            let r = index::optimize(&index, max_segments, true)?;
+            eprintln!("merged {} segments ({} rows, {} deleted rows dropped) in {:.2} s -> {}: {} segments", r.segments_merged, r.rows, r.dropped, r.seconds, index.display(), r.segments);
+            Ok(())
+        }
+        IndexCommand::Merge { sources, into, merge } => {
+            let r = index::merge_indexes(&sources, &into, merge.policy().as_ref(), true)?;
+            eprintln!("adopted {} segments ({} rows) from {} indexes in {:.2} s ({:.0} rows/s) -> {}: {} segments", r.segments_merged, r.rows, sources.len(), r.seconds, r.rows as f64 / r.seconds.max(1e-9), into.display(), r.segments);
+            Ok(())
+        }
+        IndexCommand::Upgrade { index } => {
+            let start = Instant::now();
+            let m = index::upgrade(&index, true)?;
+            eprintln!("{}: format v{} with {} segments, {} entries ({:.2} s)", index.display(), m.format_version, m.segments.len(), m.count, start.elapsed().as_secs_f64());
+            Ok(())
+        }
         IndexCommand::Export { index, out } => {
             let index = Index::open(&index)?;
             index::export(&index, &out)?;
@@ -234,6 +307,9 @@ fn build(a: BuildArgs) -> Result<()> {
         chunk_size: a.run.chunk_size,
         progress: true,
         require_existing: false,
+        segment_rows: a.segment_rows,
+        shard: a.shard.as_deref().map(Shard::parse).transpose()?,
+        merge: a.merge.policy(),
     };
     let report = index::build(&a.index, &model, &device, &info, &opts)?;
     summarize(&a.index, &report)
@@ -255,6 +331,9 @@ fn add(a: AddArgs) -> Result<()> {
         chunk_size: a.run.chunk_size,
         progress: true,
         require_existing: true,
+        segment_rows: manifest.segment_rows,
+        shard: manifest.shard,
+        merge: a.merge.policy(),
     };
     let report = index::build(&a.index, &model, &device, &info, &opts)?;
     summarize(&a.index, &report)
@@ -264,7 +343,7 @@ fn summarize(dir: &Path, r: &index::BuildReport) -> Result<()> {
     let done = r.embedded + r.resumed;
     let rate = r.embedded as f64 / r.seconds.max(1e-9);
     eprintln!(
-        "embedded {} images ({} this run, {} resumed), skipped {}, unchanged {} in {:.2} s ({rate:.1} images/s) -> {}: {} entries, {} skipped",
+        "embedded {} images ({} this run, {} resumed), skipped {}, unchanged {} in {:.2} s ({rate:.1} images/s) -> {}: {} entries in {} segments, {} skipped",
         done,
         r.embedded,
         r.resumed,
@@ -273,6 +352,7 @@ fn summarize(dir: &Path, r: &index::BuildReport) -> Result<()> {
         r.seconds,
         dir.display(),
         r.count,
+        r.segments,
         r.skipped_total
     );
     if !r.committed {
@@ -293,7 +373,7 @@ fn remove(a: RemoveArgs) -> Result<()> {
     for what in &report.not_found {
         eprintln!("warning: {what}: not in the index");
     }
-    eprintln!("removed {} entries -> {}: {} entries", report.removed, a.index.display(), report.count);
+    eprintln!("removed {} entries in {:.3} s -> {}: {} entries", report.removed, report.seconds, a.index.display(), report.count);
     Ok(())
 }
 
@@ -303,9 +383,20 @@ fn import(a: ImportArgs) -> Result<()> {
         None => None,
     };
     let start = Instant::now();
-    let opts = ImportOptions { embeddings: a.embeddings.clone(), ids: a.ids.clone(), dtype: Dtype::parse(&a.dtype)?, hnsw: a.graph.params(), model, progress: true };
+    let opts = ImportOptions {
+        embeddings: a.embeddings.clone(),
+        ids: a.ids.clone(),
+        dtype: Dtype::parse(&a.dtype)?,
+        hnsw: a.graph.params(),
+        model,
+        progress: true,
+        append: a.append,
+        segment_rows: a.segment_rows,
+        merge: a.merge.policy(),
+    };
     let m = index::import(&a.index, &opts)?;
-    eprintln!("imported {} vectors of {} dimensions in {:.2} s -> {}", m.count, m.dim, start.elapsed().as_secs_f64(), a.index.display());
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("imported vectors of {} dimensions in {secs:.2} s -> {}: {} entries in {} segments", m.dim, a.index.display(), m.count, m.segments.len());
     Ok(())
 }
 
@@ -327,6 +418,7 @@ fn info(dir: &Path, json: bool) -> Result<()> {
             "format_version": m.format_version,
             "generation": m.generation,
             "hnsw": m.hnsw,
+            "segments": segments_json(&index),
             "skipped": skipped,
             "manifest": m,
         });
@@ -343,14 +435,24 @@ fn info(dir: &Path, json: bool) -> Result<()> {
     println!("created     {}", m.created);
     println!("updated     {}", m.updated);
     match &m.hnsw {
-        Some(h) => println!("hnsw        M {}, ef_construction {}, ef_search {} (built in {:.1} s)", h.params.m, h.params.ef_construction, h.params.ef_search, h.build_seconds),
+        Some(h) => println!("hnsw        M {}, ef_construction {}, ef_search {} (one graph per segment)", h.m, h.ef_construction, h.ef_search),
         None => println!("hnsw        none (exact search only)"),
+    }
+    println!("segments    {}", m.segments.len());
+    for seg in &m.segments {
+        let graph = seg.hnsw.as_ref().map_or("no graph".to_string(), |h| format!("graph built in {:.1} s", h.build_seconds));
+        println!("  {}  {} rows, {} deleted, {}, {graph}", seg.name, seg.rows, seg.deleted, seg.dtype.name());
     }
     println!("skipped     {}", skipped.len());
     for s in &skipped {
         println!("  {}: {}", s.path, s.reason);
     }
     Ok(())
+}
+
+/// `index info --json`'s `segments`: [{name, rows, deleted, dtype, hnsw}].
+fn segments_json(index: &Index) -> serde_json::Value {
+    index.manifest.segments.iter().map(|s| serde_json::json!({ "name": s.name, "rows": s.rows, "deleted": s.deleted, "dtype": s.dtype, "hnsw": s.hnsw.is_some() })).collect()
 }
 
 pub fn run_search(a: SearchArgs) -> Result<()> {
@@ -363,6 +465,12 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
         let row = index.row_of_id(id).with_context(|| format!("{}: no entry with id {id}", a.index.display()))?;
         let hits = search::search(&index, &[index.row_vec(row)], &opts)?;
         return print_hits(&hits[0], a.json);
+    }
+    if let Some(path) = &a.vectors {
+        return vector_batch(&index, path, a.out.as_deref(), &opts);
+    }
+    if a.out.is_some() && a.queries.is_none() {
+        bail!("--out goes with --queries or --vectors");
     }
     let encoder = QueryEncoder::for_index(&index, a.model.as_deref(), &a.device)?;
     let ctx = encoder.model.text.context_length();
@@ -445,6 +553,39 @@ fn batch(index: &Index, encoder: &QueryEncoder, path: &Path, out: Option<&Path>,
     Ok(())
 }
 
+/// `--vectors`: every row of a .npy searched in one call, JSONL out,
+/// elapsed time and QPS on standard error.
+fn vector_batch(index: &Index, path: &Path, out: Option<&Path>, opts: &search::Options) -> Result<()> {
+    let (rows, cols, data) = index::read_npy(path)?;
+    if rows == 0 {
+        bail!("{}: no query vectors", path.display());
+    }
+    if cols != index.dim() {
+        bail!("{}: query vectors have {cols} dimensions, the index {} (row 0)", path.display(), index.dim());
+    }
+    let mut queries: Vec<Vec<f32>> = data.chunks_exact(cols).map(<[f32]>::to_vec).collect();
+    search::check_queries(index, &queries).with_context(|| path.display().to_string())?;
+    for q in &mut queries {
+        let norm = q.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt();
+        q.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
+    }
+    let start = Instant::now();
+    let hits = search::search(index, &queries, opts)?;
+    let secs = start.elapsed().as_secs_f64();
+    let mut lines = Vec::new();
+    for (i, h) in hits.iter().enumerate() {
+        serde_json::to_writer(&mut lines, &serde_json::json!({ "index": i, "results": h }))?;
+        lines.push(b'\n');
+    }
+    match out {
+        Some(p) => crate::export::write_atomic(p, &lines)?,
+        None => std::io::stdout().write_all(&lines)?,
+    }
+    let method = search::method(index, opts);
+    eprintln!("{rows} query vectors searched over {} vectors ({method:?}) in {secs:.3} s ({:.0} QPS)", index.len(), rows as f64 / secs.max(1e-9));
+    Ok(())
+}
+
 pub fn run_serve(a: ServeArgs) -> Result<()> {
     let index = Index::open(&a.index)?;
     let encoder = if a.model.is_none() && index.manifest.model.path.is_none() {
@@ -454,5 +595,6 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
         Some(QueryEncoder::for_index(&index, a.model.as_deref(), &a.device)?)
     };
     eprintln!("serving {} ({} images); Ctrl-C stops", a.index.display(), index.len());
-    serve::run(serve::AppState { index, encoder }, &a.addr)
+    drop(index);
+    serve::run(serve::AppState { index: index::LiveIndex::open(&a.index)?, encoder }, &a.addr)
 }

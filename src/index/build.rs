@@ -1,11 +1,14 @@
-//! Building and updating an index from a folder of images, resumably.
+//! Building and updating an index from a folder of images, resumably, one
+//! segment at a time.
 //!
 //! Work is saved in `DIR/staging/` as it goes: every chunk of images
 //! (embedded or skipped) becomes `chunk-N.f32` + `chunk-N.json`, the JSON
-//! renamed into place last. A build that dies (kill -9, power loss, disk
-//! full) is rerun with the same command: it lists the folder again, leaves
-//! out every file already in the index or in a finished chunk, embeds the
-//! rest, and commits one new generation with every image exactly once.
+//! renamed into place last. Every `segment_rows` images the staged chunks
+//! become a segment and a manifest commit, so a long build keeps its
+//! finished segments. A build that dies (kill -9, power loss, disk full) is
+//! rerun with the same command: it lists the folder again, leaves out every
+//! file already in the index or in a finished chunk, embeds the rest, and
+//! ends with every image exactly once.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -15,8 +18,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use super::commit::{start_writing, Change};
+use super::deletes::Deletes;
 use super::hnsw::HnswParams;
-use super::write::{lock, Base, Commit};
+use super::lock::lock;
+use super::manifest::Manifest;
+use super::merge::{merge_locked, MergePolicy};
 use super::{Dtype, Entry, Index, ModelInfo, Skipped, MANIFEST, STAGING_DIR};
 use crate::embed::Embedder;
 use crate::model::LongClip;
@@ -25,6 +32,35 @@ use crate::preprocess::is_image_path;
 /// Set to N, a build aborts (like kill -9) right after saving chunk N: the
 /// crash the resume tests replay.
 pub const CRASH_AFTER_CHUNKS_ENV: &str = "LONGCLIP_TEST_CRASH_AFTER_CHUNKS";
+
+/// Images per segment an `index build` writes: big enough that a million
+/// photos make ten segments, small enough that a crash loses little and a
+/// segment's HNSW graph builds in minutes, not hours.
+pub const DEFAULT_SEGMENT_ROWS: usize = 100_000;
+
+/// `--shard I/N`: the I-th of N parts of the sorted file list, by
+/// clip-retrieval's strided rule (file number % N == I).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// Parses `I/N` with 0 <= I < N.
+    pub fn parse(s: &str) -> Result<Shard> {
+        let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+        match parsed {
+            Some((index, count)) if count > 0 && index < count => Ok(Shard { index, count }),
+            _ => bail!("--shard '{s}': expected I/N with 0 <= I < N, e.g. 0/4"),
+        }
+    }
+
+    /// Whether file number `n` (0-based, in sorted order) belongs to this shard.
+    pub fn takes(&self, n: usize) -> bool {
+        n % self.count == self.index
+    }
+}
 
 pub struct BuildOptions {
     /// The folder to index; `add` defaults to the index's root.
@@ -36,9 +72,15 @@ pub struct BuildOptions {
     pub batch_size: usize,
     /// Images per saved chunk (the most a crash can lose).
     pub chunk_size: usize,
+    /// Images per segment (for a new index; an existing one keeps its setting).
+    pub segment_rows: usize,
     pub progress: bool,
     /// `index add`: the index must exist already.
     pub require_existing: bool,
+    /// Only this part of the file list (a new index records it; `add` keeps it).
+    pub shard: Option<Shard>,
+    /// Merge segments afterwards by this policy; None leaves them.
+    pub merge: Option<MergePolicy>,
 }
 
 #[derive(Debug, Default)]
@@ -51,9 +93,12 @@ pub struct BuildReport {
     pub skipped: usize,
     /// Already in the index, same size and mtime.
     pub unchanged: usize,
-    /// Entries removed because their file changed and no longer decodes.
+    /// Live entries after the run.
     pub count: usize,
     pub skipped_total: usize,
+    /// Segments written by this run, and the segments after merging.
+    pub segments_written: usize,
+    pub segments: usize,
     pub seconds: f64,
     pub committed: bool,
 }
@@ -74,6 +119,12 @@ struct Chunk {
     skipped: Vec<Skipped>,
 }
 
+impl Chunk {
+    fn paths(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.path.as_str()).chain(self.skipped.iter().map(|s| s.path.as_str()))
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone)]
 struct Staged {
     path: String,
@@ -81,14 +132,27 @@ struct Staged {
     mtime: i64,
 }
 
-/// `index build` and `index add`: embeds what is new or changed and commits.
+/// Where an existing entry is: segment name and row in it.
+type Place = (String, usize);
+
+/// `index build` and `index add`: embeds what is new or changed, commits a
+/// segment every `segment_rows` images, marks replaced entries deleted, and
+/// merges segments by the policy.
 pub fn build(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, opts: &BuildOptions) -> Result<BuildReport> {
+    let what = || format!("{}: the build stopped; committed segments and staged chunks are kept, rerun it to resume", dir.display());
+    super::catch_panic(what, || build_inner(dir, model, device, info, opts))?
+}
+
+fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, opts: &BuildOptions) -> Result<BuildReport> {
     let start = Instant::now();
     if opts.require_existing && !dir.join(MANIFEST).exists() {
         bail!("{}: no index there (no {MANIFEST}); create one with `longclip index build`", dir.display());
     }
-    let _lock = lock(dir)?;
-    let existing = if dir.join(MANIFEST).exists() { Some(Index::open(dir)?) } else { None };
+    let lock = lock(dir)?;
+    let existing = match start_writing(dir)? {
+        Some(_) => Some(Index::open(dir)?),
+        None => None,
+    };
     if let Some(index) = &existing {
         crate::search::check_model(index, info)?;
     }
@@ -101,16 +165,26 @@ pub fn build(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, op
         bail!("{}: not a directory", root.display());
     }
     let index_root = existing.as_ref().and_then(|i| i.manifest.root.clone()).unwrap_or_else(|| root.display().to_string());
-    let (found, others, unreadable) = walk(&root, Path::new(&index_root))?;
+    let shard = existing.as_ref().map_or(opts.shard, |i| i.manifest.shard.or(opts.shard));
+    let (found, mut extra) = walk(&root, Path::new(&index_root))?;
+    let found: Vec<Found> = match shard {
+        Some(s) => {
+            if s.index != 0 {
+                extra.clear(); // non-images are listed once, by shard 0
+            }
+            found.into_iter().enumerate().filter(|(n, _)| s.takes(*n)).map(|(_, f)| f).collect()
+        }
+        None => found,
+    };
 
     let staging = dir.join(STAGING_DIR);
     let chunks = read_staging(&staging, info)?;
-    let staged: HashSet<&str> = chunks.iter().flat_map(|(_, c)| c.entries.iter().map(|e| e.path.as_str()).chain(c.skipped.iter().map(|s| s.path.as_str()))).collect();
+    let staged: HashSet<&str> = chunks.iter().flat_map(|(_, c)| c.paths()).collect();
     let mut report = BuildReport { resumed: chunks.iter().map(|(_, c)| c.entries.len()).sum(), ..Default::default() };
     report.skipped = chunks.iter().map(|(_, c)| c.skipped.len()).sum();
 
-    let entries = match &existing {
-        Some(index) => index.entries()?,
+    let old_entries = match &existing {
+        Some(index) => index.live_entries()?,
         None => Vec::new(),
     };
     let old_skipped = match &existing {
@@ -121,7 +195,7 @@ pub fn build(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, op
     for s in &old_skipped {
         current.insert(s.path.as_str(), (s.size, s.mtime));
     }
-    for e in &entries {
+    for (_, e) in &old_entries {
         current.insert(e.path.as_str(), (e.size, e.mtime));
     }
     let mut todo = Vec::new();
@@ -142,71 +216,119 @@ pub fn build(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, op
         eprintln!("resuming: {} images already embedded and {} skipped by an interrupted run", report.resumed, report.skipped);
     }
 
-    let mut chunks = chunks;
-    if !todo.is_empty() {
-        let embedder = Embedder { model, device: device.clone(), batch_size: opts.batch_size, normalize: true, progress: opts.progress };
-        let dim = model.config.embed_dim;
-        let done = embed_in_chunks(&embedder, &todo, &staging, info, dim, opts.chunk_size, chunks.last().map_or(0, |(n, _)| *n))?;
-        report.embedded = done.iter().map(|(_, c)| c.entries.len()).sum();
-        report.skipped += done.iter().map(|(_, c)| c.skipped.len()).sum::<usize>();
-        chunks.extend(done);
-    }
-
-    // The new skipped list: files that are still there, minus what was redone.
-    let redone: HashSet<&str> = chunks.iter().flat_map(|(_, c)| c.entries.iter().map(|e| e.path.as_str()).chain(c.skipped.iter().map(|s| s.path.as_str()))).collect();
-    let mut skipped: Vec<Skipped> = old_skipped
-        .iter()
-        .filter(|s| !redone.contains(s.path.as_str()) && super::resolve(Some(&index_root), &s.path).exists())
-        .cloned()
-        .collect();
-    let known: HashSet<String> = skipped.iter().map(|s| s.path.clone()).collect();
-    let mut extra: Vec<Skipped> = others.into_iter().chain(unreadable).filter(|s| !known.contains(&s.path) && !redone.contains(s.path.as_str())).collect();
-    let changed_skips = !extra.is_empty() || existing.as_ref().is_some_and(|i| i.manifest.skipped_count != skipped.len());
-    skipped.append(&mut extra);
-    for (_, c) in &chunks {
-        skipped.extend(c.skipped.iter().cloned());
-    }
-
-    if existing.is_some() && chunks.is_empty() && !changed_skips {
-        report.count = existing.as_ref().map_or(0, |i| i.len());
-        report.skipped_total = skipped.len();
-        report.seconds = start.elapsed().as_secs_f64();
-        let _ = std::fs::remove_dir_all(&staging);
-        return Ok(report);
-    }
-
-    let (dtype, hnsw, base) = match &existing {
-        Some(index) => (index.manifest.dtype, index.manifest.hnsw.as_ref().map(|h| h.params), Base::from_manifest(&index.manifest)),
-        None => (opts.dtype, opts.hnsw, Base { model: info.clone(), root: Some(index_root.clone()), created: None, generation: 0, next_id: 0 }),
+    // Where each old entry is, to mark it deleted when its file is redone.
+    let places: HashMap<String, Place> = match &existing {
+        Some(index) => old_entries
+            .iter()
+            .map(|(row, e)| {
+                let (s, r) = index.locate(*row);
+                (e.path.clone(), (index.segments()[s].meta.name.clone(), r))
+            })
+            .collect(),
+        None => HashMap::new(),
     };
-    let dim = info.embed_dim;
-    let commit = Commit { dir, dtype, dim, hnsw, base, progress: opts.progress };
-    let manifest = commit.run(&skipped, |w| {
-        let mut row = vec![0f32; dim];
-        if let Some(index) = &existing {
-            for (r, e) in entries.iter().enumerate() {
-                if !redone.contains(e.path.as_str()) {
-                    index.row(r, &mut row);
-                    w.push(e, &row)?;
-                }
-            }
+    let mut deletes: HashMap<String, Deletes> = match &existing {
+        Some(index) => index.segments().iter().map(|s| (s.meta.name.clone(), s.deletes().clone())).collect(),
+        None => HashMap::new(),
+    };
+    // The skipped list as it will stand: the old one minus files gone, plus
+    // files that are not images or cannot be read.
+    let known: HashSet<String> = old_skipped.iter().map(|s| s.path.clone()).collect();
+    let mut skipped: Vec<Skipped> = old_skipped.iter().filter(|s| super::resolve(Some(&index_root), &s.path).exists()).cloned().collect();
+    skipped.extend(extra.into_iter().filter(|s| !known.contains(&s.path)));
+
+    let mut manifest = match &existing {
+        Some(index) => index.manifest.clone(),
+        None => {
+            let mut m = Manifest::empty(info.clone(), info.embed_dim, opts.dtype, opts.hnsw, Some(index_root.clone()), opts.segment_rows.max(1));
+            m.shard = shard;
+            m
         }
-        for (n, chunk) in &chunks {
+    };
+    let segment_rows = manifest.segment_rows.max(1);
+    let mut skipped_changed = existing.is_none() || skipped != old_skipped;
+    let embedder = Embedder { model, device: device.clone(), batch_size: opts.batch_size, normalize: true, progress: opts.progress };
+    let mut pending = chunks;
+    let mut next = 0;
+    loop {
+        let staged_rows: usize = pending.iter().map(|(_, c)| c.entries.len() + c.skipped.len()).sum();
+        if staged_rows < segment_rows && next < todo.len() {
+            let take = (segment_rows - staged_rows).min(todo.len() - next);
+            let last = pending.last().map_or(0, |(n, _)| *n);
+            let done = embed_in_chunks(&embedder, &todo[next..next + take], &staging, info, info.embed_dim, opts.chunk_size, last)?;
+            report.embedded += done.iter().map(|(_, c)| c.entries.len()).sum::<usize>();
+            report.skipped += done.iter().map(|(_, c)| c.skipped.len()).sum::<usize>();
+            pending.extend(done);
+            next += take;
+            continue;
+        }
+        if pending.is_empty() && !skipped_changed {
+            break;
+        }
+        skipped_changed = false;
+        let redone: HashSet<&str> = pending.iter().flat_map(|(_, c)| c.paths()).collect();
+        skipped.retain(|s| !redone.contains(s.path.as_str()));
+        for (_, c) in &pending {
+            skipped.extend(c.skipped.iter().cloned());
+        }
+        manifest = Change::run(dir, &manifest, |change| {
+            commit_chunks(dir, change, &pending, &staging, &places, &mut deletes, opts.progress)?;
+            change.set_skipped(dir, &skipped)
+        })?;
+        report.committed = true;
+        report.segments_written += pending.iter().any(|(_, c)| !c.entries.is_empty()) as usize;
+        for (n, _) in &pending {
+            let _ = std::fs::remove_file(staging.join(format!("chunk-{n:06}.json")));
+            let _ = std::fs::remove_file(staging.join(format!("chunk-{n:06}.f32")));
+        }
+        pending.clear();
+        if next >= todo.len() {
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    if let Some(policy) = &opts.merge {
+        if report.committed {
+            merge_locked(dir, &lock, policy, opts.progress)?;
+        }
+    }
+    let manifest = super::read_manifest(dir)?;
+    report.count = manifest.count;
+    report.skipped_total = manifest.skipped_count;
+    report.segments = manifest.segments.len();
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Writes the staged chunks as one segment (new ids, in staging order) and
+/// marks the old entries of redone files deleted.
+fn commit_chunks(dir: &Path, change: &mut Change, chunks: &[(usize, Chunk)], staging: &Path, places: &HashMap<String, Place>, deletes: &mut HashMap<String, Deletes>, progress: bool) -> Result<()> {
+    let dim = change.manifest.dim;
+    let first_id = change.manifest.next_id;
+    let mut id = first_id;
+    change.write_segment(dir, progress, |w| {
+        for (n, chunk) in chunks {
             let data = read_f32(&staging.join(format!("chunk-{n:06}.f32")), chunk.entries.len() * dim)?;
             for (e, v) in chunk.entries.iter().zip(data.chunks_exact(dim)) {
-                let id = w.take_id();
                 w.push(&Entry { id, path: e.path.clone(), size: Some(e.size), mtime: Some(e.mtime), caption: None }, v)?;
+                id += 1;
             }
         }
         Ok(())
     })?;
-    // Committed: the staged chunks are in the index now.
-    let _ = std::fs::remove_dir_all(&staging);
-    report.committed = true;
-    report.count = manifest.count;
-    report.skipped_total = manifest.skipped_count;
-    report.seconds = start.elapsed().as_secs_f64();
-    Ok(report)
+    change.manifest.next_id = id;
+    let mut touched = HashSet::new();
+    for path in chunks.iter().flat_map(|(_, c)| c.paths()) {
+        if let Some((segment, row)) = places.get(path) {
+            if deletes.get_mut(segment).is_some_and(|d| d.delete(*row)) {
+                touched.insert(segment.clone());
+            }
+        }
+    }
+    for segment in touched {
+        change.set_deletes(dir, &segment, &deletes[&segment])?;
+    }
+    Ok(())
 }
 
 /// Embeds `todo` batch by batch, saving a chunk every `chunk_size` files
@@ -295,10 +417,10 @@ fn read_f32(path: &Path, count: usize) -> Result<Vec<f32>> {
 }
 
 /// Lists the folder recursively, sorted by path: image files with their size
-/// and mtime, other files (skipped: not an image), and unreadable entries.
+/// and mtime, and the files that are skipped (not an image, unreadable).
 /// Hidden files and folders (dot names) are left out; symlinked folders are
 /// not followed (no loops).
-fn walk(root: &Path, index_root: &Path) -> Result<(Vec<Found>, Vec<Skipped>, Vec<Skipped>)> {
+fn walk(root: &Path, index_root: &Path) -> Result<(Vec<Found>, Vec<Skipped>)> {
     let mut files = Vec::new();
     let mut unreadable = Vec::new();
     walk_dir(root, &mut files, &mut unreadable)?;
@@ -330,7 +452,8 @@ fn walk(root: &Path, index_root: &Path) -> Result<(Vec<Found>, Vec<Skipped>, Vec
             s.path = rel.display().to_string();
         }
     }
-    Ok((found, others, unreadable))
+    others.extend(unreadable);
+    Ok((found, others))
 }
 
 fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>, unreadable: &mut Vec<Skipped>) -> Result<()> {

@@ -10,7 +10,7 @@ use hnsw_rs::prelude::{AnnT, DistDot, Hnsw, HnswIo, ReloadOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::Manifest;
+use std::collections::BTreeMap;
 
 /// Graph parameters, recorded in the manifest.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
@@ -28,7 +28,7 @@ impl Default for HnswParams {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct HnswInfo {
     #[serde(flatten)]
     pub params: HnswParams,
@@ -82,12 +82,12 @@ impl Graph {
     }
 
     /// Reloads a dumped graph with its vectors memory-mapped.
-    pub fn load(dir: &Path, info: &HnswInfo, manifest: &Manifest) -> Result<Graph> {
+    pub fn load(dir: &Path, info: &HnswInfo, sizes: &BTreeMap<String, u64>, points: usize) -> Result<Graph> {
         // hnsw_rs exits the process on a missing file and asserts on bad
         // magic numbers: check what we can first, then catch its panics.
         for name in info.files() {
             let meta = std::fs::metadata(dir.join(&name)).with_context(|| format!("{}: corrupt index: {name} is missing", dir.display()))?;
-            match manifest.files.sizes.get(&name) {
+            match sizes.get(&name) {
                 Some(&want) if want == meta.len() => {}
                 _ => bail!("{}: corrupt index: {name} has {} bytes, not what the manifest says", dir.display(), meta.len()),
             }
@@ -108,15 +108,21 @@ impl Graph {
             Ok(Err(e)) => bail!("{}: corrupt index: cannot load the HNSW graph: {e}", dir.display()),
             Err(_) => bail!("{}: corrupt index: the HNSW graph files are damaged", dir.display()),
         };
-        if hnsw.get_nb_point() != manifest.count {
-            bail!("{}: corrupt index: the HNSW graph has {} points, the index {}", dir.display(), hnsw.get_nb_point(), manifest.count);
+        if hnsw.get_nb_point() != points {
+            bail!("{}: corrupt index: the HNSW graph has {} points, the segment {points}", dir.display(), hnsw.get_nb_point());
         }
         Ok(Graph { hnsw })
     }
 
     /// Rows of the `k` nearest neighbours (graph order; scores are recomputed by the caller).
-    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Vec<usize> {
-        self.hnsw.search(query, k, ef.max(k)).into_iter().map(|n| n.get_origin_id()).collect()
+    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<usize>> {
+        Ok(self.hnsw.search(query, k, ef.max(k)).into_iter().map(|n| n.get_origin_id()).collect())
+    }
+
+    /// Only rows for which `keep(row)` holds are returned.
+    pub fn search_filtered(&self, query: &[f32], k: usize, ef: usize, keep: &(dyn Fn(usize) -> bool + Sync)) -> Result<Vec<usize>> {
+        let filter = |id: &usize| keep(*id);
+        Ok(self.hnsw.search_filter(query, k, ef.max(k), Some(&filter)).into_iter().map(|n| n.get_origin_id()).collect())
     }
 }
 
