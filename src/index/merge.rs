@@ -27,12 +27,16 @@ use super::{Entry, Skipped};
 /// `segments_per_tier` (everything under `floor_rows` is tier 0). When a tier
 /// holds `segments_per_tier` segments, its smallest `segments_per_tier` are
 /// merged into one segment of the next tier. So after n adds of similar size
-/// there are at most (f - 1) segments per tier and log_f(n) tiers.
+/// there are at most (f - 1) segments per tier and log_f(n) tiers, up to
+/// segments of `max_merged_rows / 2`, which are left as they are (a build's
+/// 100k-row segments are).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MergePolicy {
     pub segments_per_tier: usize,
     pub floor_rows: usize,
-    /// The policy plans no merge whose result would exceed this (`optimize` ignores it).
+    /// The policy plans no merge whose result would exceed this, and leaves
+    /// segments over half of it alone (Lucene's max merged segment size;
+    /// `optimize` ignores it). Keeps a merge's graph build to minutes.
     pub max_merged_rows: usize,
     /// A segment with more than this fraction of deleted rows is rewritten.
     pub max_deleted_fraction: f64,
@@ -40,7 +44,7 @@ pub struct MergePolicy {
 
 impl Default for MergePolicy {
     fn default() -> Self {
-        MergePolicy { segments_per_tier: 10, floor_rows: 1000, max_merged_rows: 1_000_000, max_deleted_fraction: 0.5 }
+        MergePolicy { segments_per_tier: 10, floor_rows: 1000, max_merged_rows: 2 * super::DEFAULT_SEGMENT_ROWS, max_deleted_fraction: 0.5 }
     }
 }
 
@@ -73,7 +77,7 @@ pub fn plan_merge(segments: &[SegmentMeta], policy: &MergePolicy) -> Option<Vec<
         t
     };
     let mut tiers: BTreeMap<usize, Vec<&SegmentMeta>> = BTreeMap::new();
-    for s in segments {
+    for s in segments.iter().filter(|s| s.live() <= policy.max_merged_rows / 2) {
         tiers.entry(tier(s)).or_default().push(s);
     }
     for (_, mut members) in tiers {
