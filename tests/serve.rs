@@ -286,3 +286,35 @@ fn the_page_shows_results_in_headless_chromium() {
     let colours: std::collections::HashSet<[u8; 3]> = grid.pixels().map(|p| p.0).collect();
     assert!(colours.len() > 200, "the result grid looks empty ({} colours)", colours.len());
 }
+
+#[test]
+fn the_server_follows_adds_removes_and_merges_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (index, files) = build_index(dir.path());
+    let server = start(&index);
+    let count = |addr: &str| get(addr, "/api/health").json()["count"].as_u64().unwrap();
+    let before = count(&server.addr);
+    assert_eq!(before as usize, files.len());
+
+    // A new photo, added while serving: the next request sees it.
+    let extra = files[0].parent().unwrap().join("added.png");
+    image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 7) as u8, 200, (y * 7) as u8])).save(&extra).unwrap();
+    ok(&["index", "add", "--index", s(&index)]);
+    assert_eq!(count(&server.addr), before + 1);
+    let reply = get(&server.addr, "/api/search?q=a%20photo&k=100");
+    let paths: Vec<String> = reply.json()["results"].as_array().unwrap().iter().map(|h| h["path"].as_str().unwrap().to_string()).collect();
+    assert!(paths.iter().any(|p| p.ends_with("added.png")), "{paths:?}");
+
+    // Removed: gone from results and from /api/image at once.
+    let id = reply.json()["results"].as_array().unwrap().iter().find(|h| h["path"].as_str().unwrap().ends_with("added.png")).unwrap()["id"].as_u64().unwrap();
+    ok(&["index", "remove", "--index", s(&index), "--id", &id.to_string()]);
+    assert_eq!(count(&server.addr), before);
+    assert_eq!(get(&server.addr, &format!("/api/image/{id}")).status, 404);
+
+    // Optimized into one segment (old files deleted): still answers, same count.
+    ok(&["index", "optimize", "--index", s(&index)]);
+    let reply = get(&server.addr, "/api/search?q=a%20photo&k=100");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["results"].as_array().unwrap().len() as u64, before);
+    assert!(reply.json()["results"].as_array().unwrap().iter().all(|h| h["id"].as_u64().unwrap() != id));
+}
