@@ -93,8 +93,8 @@ fn clustered(n: usize, d: usize, seed: u64) -> Vec<f32> {
     let centers: Vec<Vec<f32>> = (0..5).map(|_| (0..d).map(|_| next()).collect()).collect();
     let mut out = Vec::with_capacity(n * d);
     for i in 0..n {
-        for j in 0..d {
-            out.push(centers[i % 5][j] + 0.3 * next());
+        for c in &centers[i % 5] {
+            out.push(c + 0.3 * next());
         }
     }
     out
@@ -246,42 +246,72 @@ fn have_bash() -> bool {
 // ---------------------------------------------------------------------------
 // 1. Duplicates
 
-/// NOTE: with `hnsw_rs`'s `DistDot` (src/index/hnsw.rs) exact duplicates can
-/// panic the graph build (`assert dot <= 1.000002`). The distance fix is done
-/// in a separate worktree; these tests must pass once it is merged.
-#[test]
-fn duplicate_vectors_import_and_all_copies_are_found() {
-    let dir = tempfile::tempdir().unwrap();
+/// Five distinct 16-d vectors, each 100 times (copy c of vector v is row
+/// c * 5 + v), exactly and with tiny noise, imported as f16 and f32 with
+/// HNSW graphs: (index, "exact" | "near", dtype).
+fn duplicate_indexes(dir: &Path) -> Vec<(PathBuf, &'static str, &'static str)> {
     let d = 16;
     let mut next = noise(5);
     let distinct: Vec<Vec<f32>> = (0..5).map(|_| (0..d).map(|_| next()).collect()).collect();
-    // Copy c of vector v is row c * 5 + v (copies interleaved).
     let exact: Vec<f32> = (0..100).flat_map(|_| distinct.iter().flatten().copied()).collect();
     let near: Vec<f32> = (0..500).flat_map(|r| distinct[r % 5].iter().map(|x| x + 1e-5 * next()).collect::<Vec<_>>()).collect();
+    let mut out = Vec::new();
     for (data, kind) in [(&exact, "exact"), (&near, "near")] {
         for dtype in ["f16", "f32"] {
-            let index = dir.path().join(format!("{kind}-{dtype}"));
+            let index = dir.join(format!("{kind}-{dtype}"));
             import(&index, data, d, "dup", &["--dtype", dtype]);
             let opened = Index::open(&index).unwrap();
             assert_eq!(opened.len(), 500);
             assert!(opened.segments()[0].meta.hnsw.is_some(), "built with a graph");
-            for v in [0u64, 3] {
-                let want: BTreeSet<u64> = (0..100).map(|c| c * 5 + v).collect();
-                let exact_hits = search_json(&["search", "--index", s(&index), "--like", &v.to_string(), "-k", "100", "--exact", "--json"]);
-                let hnsw_hits = search_json(&["search", "--index", s(&index), "--like", &v.to_string(), "-k", "100", "--ef", "200", "--json"]);
-                for (hits, how) in [(&exact_hits, "exact"), (&hnsw_hits, "ef 200")] {
-                    let what = format!("{kind} duplicates, {dtype}, {how}, vector {v}");
-                    let got: BTreeSet<u64> = hits.iter().map(|h| h["id"].as_u64().unwrap()).collect();
-                    assert_eq!(got, want, "{what}: all 100 copies");
-                    if kind == "exact" {
-                        let scores: BTreeSet<u64> = hits.iter().map(|h| h["score"].as_f64().unwrap().to_bits()).collect();
-                        assert_eq!(scores.len(), 1, "{what}: equal scores");
-                        let ids: Vec<u64> = hits.iter().map(|h| h["id"].as_u64().unwrap()).collect();
-                        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{what}: ties by id: {ids:?}");
-                    }
-                }
-            }
+            out.push((index, kind, dtype));
         }
+    }
+    out
+}
+
+/// Search `--like v -k 100` must return the 100 copies of vector v; exact
+/// copies with one score, ordered by id.
+fn assert_all_copies(index: &Path, kind: &str, dtype: &str, how: &[&str]) {
+    for v in [0u64, 3] {
+        let vs = v.to_string();
+        let mut args = vec!["search", "--index", s(index), "--like", &vs, "-k", "100", "--json"];
+        args.extend_from_slice(how);
+        let hits = search_json(&args);
+        let what = format!("{kind} duplicates, {dtype}, {how:?}, vector {v}");
+        let want: BTreeSet<u64> = (0..100).map(|c| c * 5 + v).collect();
+        let got: BTreeSet<u64> = hits.iter().map(|h| h["id"].as_u64().unwrap()).collect();
+        let missing = want.difference(&got).count();
+        assert_eq!(missing, 0, "{what}: {missing} of the 100 copies not returned");
+        if kind == "exact" {
+            let scores: BTreeSet<u64> = hits.iter().map(|h| h["score"].as_f64().unwrap().to_bits()).collect();
+            assert_eq!(scores.len(), 1, "{what}: equal scores");
+            let ids: Vec<u64> = hits.iter().map(|h| h["id"].as_u64().unwrap()).collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{what}: ties by id: {ids:?}");
+        }
+    }
+}
+
+/// BLOCKED NOW on the HNSW distance fix (other helper, src/index/hnsw.rs +
+/// distance.rs): `hnsw_rs`'s `DistDot` panics the graph build on exact
+/// duplicates (`assertion failed: dot <= 1.000002`). Must pass after the merge.
+#[test]
+fn duplicate_vectors_import_and_exact_search_returns_all_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    for (index, kind, dtype) in duplicate_indexes(dir.path()) {
+        assert_all_copies(&index, kind, dtype, &["--exact"]);
+    }
+}
+
+/// BLOCKED NOW on the same distance fix, and then STILL EXPECTED TO FAIL for
+/// exact duplicates: with a clamped distance (tried locally: `(1 - dot).max(0)`)
+/// the graph search with `--ef 200` returns only ~75 of the 100 identical
+/// copies (hnsw_rs's neighbour-selection heuristic prunes neighbours at
+/// distance 0, so identical rows are poorly linked). Near-duplicates pass.
+#[test]
+fn duplicate_vectors_graph_search_returns_all_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    for (index, kind, dtype) in duplicate_indexes(dir.path()) {
+        assert_all_copies(&index, kind, dtype, &["--ef", "200"]);
     }
 }
 
@@ -737,7 +767,7 @@ fn layout(index: &Path) -> Option<Vec<(String, usize, usize)>> {
 /// a mix; rerunning (idempotent commands, or when the old state is found)
 /// ends in the uninterrupted result, segment layout included, with no
 /// unreferenced files.
-fn crash_each_step(work: &Path, base: Option<&Path>, name: &str, args: &dyn Fn(&Path) -> Vec<String>, idempotent: bool) {
+fn crash_each_step(work: &Path, base: Option<&Path>, name: &str, args: &dyn Fn(&Path) -> Vec<String>, idempotent: bool, applies: &[&str]) {
     let fresh = |tag: &str| -> PathBuf {
         let dir = work.join(format!("{name}-{tag}"));
         if let Some(base) = base {
@@ -758,6 +788,7 @@ fn crash_each_step(work: &Path, base: Option<&Path>, name: &str, args: &dyn Fn(&
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let out = run_env(&a, &[(CRASH_AT, step)]);
         let crashed = !out.status.success();
+        assert_eq!(crashed, applies.contains(&step), "{name}: crash point {step} reached? {}", String::from_utf8_lossy(&out.stderr));
         if crashed {
             assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("aborting at {step}")), "{name} at {step}: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -788,18 +819,18 @@ fn a_crash_at_any_step_of_remove_optimize_import_leaves_the_old_or_new_state() {
     let base = work.join("base");
     import(&base, &clustered(90, d, 3), d, "c", &["--segment-rows", "10", "--no-merge", "--dtype", "f32"]);
     assert_eq!(Index::open(&base).unwrap().segments().len(), 9);
-    crash_each_step(work, Some(&base), "remove", &|i| ["index", "remove", "--index", s(i), "--id", "3,17,45,89"].map(String::from).to_vec(), true);
+    crash_each_step(work, Some(&base), "remove", &|i| ["index", "remove", "--index", s(i), "--id", "3,17,45,89"].map(String::from).to_vec(), true, &["deletes-written", "committed"]);
     let deleted = work.join("base-deleted");
     copy_dir(&base, &deleted);
     ok(&["index", "remove", "--index", s(&deleted), "--id", "1,2,33"]);
-    crash_each_step(work, Some(&deleted), "optimize", &|i| ["index", "optimize", "--index", s(i), "--max-segments", "1"].map(String::from).to_vec(), true);
+    crash_each_step(work, Some(&deleted), "optimize", &|i| ["index", "optimize", "--index", s(i), "--max-segments", "1"].map(String::from).to_vec(), true, &["merge-written", "committed"]);
     let npy = work.join("more.npy");
     write_npy_f32(&npy, &clustered(10, d, 77), 10, d);
     let ids = work.join("more.txt");
     std::fs::write(&ids, (0..10).map(|i| format!("more{i}\n")).collect::<String>()).unwrap();
     // The 10th segment in tier 0: the append commits, then merges.
     let append = |i: &Path| ["index", "import", "--append", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(i)].map(String::from).to_vec();
-    crash_each_step(work, Some(&base), "import-append", &append, false);
+    crash_each_step(work, Some(&base), "import-append", &append, false, &["segment-written", "committed", "merge-written"]);
 }
 
 /// FAILS NOW (src/index/build.rs): a crash at `committed` leaves the staged
@@ -817,7 +848,7 @@ fn a_crash_during_add_leaves_the_old_or_new_state_and_a_rerun_finishes() {
     make_images(&images, 3, 400);
     // A changed file too: add writes a segment and a bitmap in one commit.
     picture(7, 40).save_with_format(images.join("img0201.png"), image::ImageFormat::Png).unwrap();
-    crash_each_step(work, Some(&built), "add", &|i| ["index", "add", "--index", s(i), "--chunk-size", "2"].map(String::from).to_vec(), true);
+    crash_each_step(work, Some(&built), "add", &|i| ["index", "add", "--index", s(i), "--chunk-size", "2"].map(String::from).to_vec(), true, &["segment-written", "committed"]);
 }
 
 /// FAILS NOW for the same reason as the add test (crash at `committed`).
@@ -841,6 +872,7 @@ fn a_crash_during_a_build_keeps_whole_segments_and_a_rerun_finishes() {
         let a = build2(&index);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let out = run_env(&a, &[(CRASH_AT, step)]);
+        assert_eq!(!out.status.success(), ["segment-written", "committed"].contains(&step), "build: crash point {step} reached? {}", String::from_utf8_lossy(&out.stderr));
         if let Some(got) = state(&index) {
             let paths: BTreeSet<String> = got.iter().map(|(_, p)| p.clone()).collect();
             assert_eq!(paths.len(), got.len(), "build at {step}: a path twice");
@@ -865,6 +897,8 @@ fn a_crash_during_a_build_keeps_whole_segments_and_a_rerun_finishes() {
 /// `LONGCLIP_TEST_CRASH_AFTER_CHUNKS` counts the chunks of the run: with
 /// 4-row segments of 2-image chunks, chunk 3 is saved after the first
 /// segment was committed, which the resumed build keeps (same files).
+/// FAILS NOW (src/index/build.rs `embed_in_chunks`): the count restarts at
+/// every segment (`done.len()`), so N > segment_rows / chunk_size never fires.
 #[test]
 fn a_build_killed_after_chunks_keeps_its_committed_segments() {
     let dir = tempfile::tempdir().unwrap();
@@ -872,7 +906,7 @@ fn a_build_killed_after_chunks_keeps_its_committed_segments() {
     make_images(&images, 10, 600);
     let index = dir.path().join("idx");
     let m = model();
-    let args = ["index", "build", "--model", s(&m), "--images", s(&images), "--index", s(&index), "--segment-rows", "4", "--chunk-size", "2", "--no-hnsw"];
+    let args = ["index", "build", "--model", s(&m), "--images", s(&images), "--index", s(&index), "--segment-rows", "4", "--chunk-size", "2", "--batch-size", "2", "--no-hnsw"];
     let out = run_env(&args, &[(longclip::index::CRASH_AFTER_CHUNKS_ENV, "3")]);
     assert!(!out.status.success(), "the build must abort after chunk 3: {}", String::from_utf8_lossy(&out.stderr));
     let crashed = Index::open(&index).expect("the first segment was committed");
@@ -997,8 +1031,14 @@ fn an_open_reader_keeps_working_while_a_merge_commits() {
     let as_ids = |index: &Index, rows: &[Vec<(usize, f32)>]| -> Vec<Vec<(u64, f32)>> { rows.iter().map(|h| h.iter().map(|&(r, sc)| (index.id(r), sc)).collect()).collect() };
     let before = as_ids(&old, &search::search_rows(&old, &queries, &opts).unwrap());
     let old_dirs = dir_names(&index.join("segments"));
+    // A second view whose graphs are loaded (memory-mapped) before the merge.
+    let graphs = Index::open(&index).unwrap();
+    let ef = Options { k: 15, exact: false, ef: Some(64) };
+    let graph_before = as_ids(&graphs, &search::search_rows(&graphs, &queries, &ef).unwrap());
 
     ok(&["index", "optimize", "--index", s(&index)]);
+    let graph_after = as_ids(&graphs, &search::search_rows(&graphs, &queries, &ef).unwrap());
+    assert_eq!(graph_after, graph_before, "graphs mapped before the merge keep working");
     assert!(old.is_stale());
     assert!(dir_names(&index.join("segments")).is_disjoint(&old_dirs), "the old segment folders are deleted");
     // The old view: its mappings still work, same results.
@@ -1094,4 +1134,85 @@ fn a_held_lock_refuses_optimize_remove_and_merge() {
     ok(&["index", "optimize", "--index", s(&a)]);
     ok(&["index", "merge", s(&a), s(&b), "--into", s(&into)]);
     assert_eq!(Index::open(&into).unwrap().len(), 79);
+}
+
+// ---------------------------------------------------------------------------
+// Edge cases
+
+#[test]
+fn optimize_after_removing_everything_leaves_an_empty_usable_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = 16;
+    let index = dir.path().join("idx");
+    import(&index, &clustered(30, d, 61), d, "e", &["--segment-rows", "10", "--no-merge"]);
+    let all = (0..30).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    ok(&["index", "remove", "--index", s(&index), "--id", &all]);
+    assert_eq!(Index::open(&index).unwrap().len(), 0);
+    ok(&["index", "optimize", "--index", s(&index)]);
+    let info = info_json(&index);
+    assert_eq!(info["count"], 0);
+    assert_eq!(info["segments"].as_array().unwrap().len(), 0, "{info}");
+    assert_no_garbage(&index);
+    let q = dir.path().join("q.npy");
+    write_npy_f32(&q, &clustered(2, d, 62), 2, d);
+    let out = ok(&["search", "--index", s(&index), "--vectors", s(&q)]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|l| l["results"].as_array().unwrap().is_empty()));
+    // Ids are never reused.
+    import(&index, &clustered(5, d, 63), d, "f", &["--append"]);
+    let opened = Index::open(&index).unwrap();
+    assert_eq!(ids_of(&opened), (30..35).collect::<BTreeSet<u64>>());
+}
+
+#[test]
+fn adding_to_merged_shards_finds_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    make_images(&images, 6, 700);
+    let mut shards = Vec::new();
+    for i in 0..2 {
+        let shard = dir.path().join(format!("shard{i}"));
+        ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&shard), "--shard", &format!("{i}/2"), "--no-hnsw"]);
+        shards.push(shard);
+    }
+    let merged = dir.path().join("merged");
+    ok(&["index", "merge", s(&shards[0]), s(&shards[1]), "--into", s(&merged)]);
+    let before = layout(&merged);
+    let out = ok(&["index", "add", "--index", s(&merged)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("up to date"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(layout(&merged), before);
+    // New files go into the merged index once.
+    make_images(&images, 2, 800);
+    ok(&["index", "add", "--index", s(&merged)]);
+    assert_eq!(Index::open(&merged).unwrap().len(), 8);
+}
+
+/// FAILS NOW (design bug, src/index/build.rs `Shard::takes` applied to the
+/// re-listed folder in `add`): shard membership is the position in the
+/// sorted file list, so new files that sort before old ones shift the
+/// positions, and `index add` on shard I picks up old files that another
+/// shard already holds; the later `index merge` refuses the overlap.
+#[test]
+fn adding_to_each_shard_then_merging_keeps_every_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    make_images(&images, 6, 900);
+    let mut shards = Vec::new();
+    for i in 0..3 {
+        let shard = dir.path().join(format!("shard{i}"));
+        ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&shard), "--shard", &format!("{i}/3"), "--no-hnsw"]);
+        shards.push(shard);
+    }
+    // Two new files that sort first.
+    picture(1, 40).save_with_format(images.join("aaa1.png"), image::ImageFormat::Png).unwrap();
+    picture(2, 40).save_with_format(images.join("aaa2.png"), image::ImageFormat::Png).unwrap();
+    for shard in &shards {
+        ok(&["index", "add", "--index", s(shard)]);
+    }
+    let total: usize = shards.iter().map(|p| Index::open(p).unwrap().len()).sum();
+    assert_eq!(total, 8, "every file in exactly one shard after the adds");
+    let merged = dir.path().join("merged");
+    ok(&["index", "merge", s(&shards[0]), s(&shards[1]), s(&shards[2]), "--into", s(&merged)]);
+    assert_eq!(Index::open(&merged).unwrap().len(), 8);
 }
