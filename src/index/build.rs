@@ -33,6 +33,9 @@ use crate::preprocess::is_image_path;
 /// crash the resume tests replay.
 pub const CRASH_AFTER_CHUNKS_ENV: &str = "LONGCLIP_TEST_CRASH_AFTER_CHUNKS";
 
+/// Chunks saved by this process (for the crash test), across segments.
+static CHUNKS_SAVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Images per segment an `index build` writes: big enough that a million
 /// photos make ten segments, small enough that a crash loses little and a
 /// segment's HNSW graph builds in minutes, not hours.
@@ -166,6 +169,15 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
     }
     let index_root = existing.as_ref().and_then(|i| i.manifest.root.clone()).unwrap_or_else(|| root.display().to_string());
     let shard = existing.as_ref().map_or(opts.shard, |i| i.manifest.shard.or(opts.shard));
+    if let (Some(s), true) = (shard, opts.require_existing) {
+        // File numbers shift when files are added, so a shard cannot take new
+        // files without overlapping its siblings.
+        bail!(
+            "{}: this index is shard {}/{} of a sharded build (files numbered % {} == {}); \
+             merge the shards with `longclip index merge ... --into ALL` and add to ALL",
+            dir.display(), s.index, s.count, s.count, s.index
+        );
+    }
     let (found, mut extra) = walk(&root, Path::new(&index_root))?;
     let found: Vec<Found> = match shard {
         Some(s) => {
@@ -178,11 +190,6 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
     };
 
     let staging = dir.join(STAGING_DIR);
-    let chunks = read_staging(&staging, info)?;
-    let staged: HashSet<&str> = chunks.iter().flat_map(|(_, c)| c.paths()).collect();
-    let mut report = BuildReport { resumed: chunks.iter().map(|(_, c)| c.entries.len()).sum(), ..Default::default() };
-    report.skipped = chunks.iter().map(|(_, c)| c.skipped.len()).sum();
-
     let old_entries = match &existing {
         Some(index) => index.live_entries()?,
         None => Vec::new(),
@@ -198,6 +205,11 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
     for (_, e) in &old_entries {
         current.insert(e.path.as_str(), (e.size, e.mtime));
     }
+    let chunks = drop_committed(read_staging(&staging, info)?, &staging, &current);
+    let staged: HashSet<&str> = chunks.iter().flat_map(|(_, c)| c.paths()).collect();
+    let mut report = BuildReport { resumed: chunks.iter().map(|(_, c)| c.entries.len()).sum(), ..Default::default() };
+    report.skipped = chunks.iter().map(|(_, c)| c.skipped.len()).sum();
+
     let mut todo = Vec::new();
     for f in &found {
         if staged.contains(f.key.as_str()) {
@@ -300,6 +312,21 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
     Ok(report)
 }
 
+/// Staged chunks whose files are all in the index already, as they are now:
+/// a writer committed them and died before deleting them. Their files go.
+fn drop_committed(chunks: Vec<(usize, Chunk)>, staging: &Path, current: &HashMap<&str, (Option<u64>, Option<i64>)>) -> Vec<(usize, Chunk)> {
+    let committed = |c: &Chunk| {
+        c.entries.iter().all(|e| current.get(e.path.as_str()) == Some(&(Some(e.size), Some(e.mtime))))
+            && c.skipped.iter().all(|s| current.get(s.path.as_str()) == Some(&(s.size, s.mtime)))
+    };
+    let (done, pending): (Vec<_>, Vec<_>) = chunks.into_iter().partition(|(_, c)| committed(c));
+    for (n, _) in done {
+        let _ = std::fs::remove_file(staging.join(format!("chunk-{n:06}.json")));
+        let _ = std::fs::remove_file(staging.join(format!("chunk-{n:06}.f32")));
+    }
+    pending
+}
+
 /// Writes the staged chunks as one segment (new ids, in staging order) and
 /// marks the old entries of redone files deleted.
 fn commit_chunks(dir: &Path, change: &mut Change, chunks: &[(usize, Chunk)], staging: &Path, places: &HashMap<String, Place>, deletes: &mut HashMap<String, Deletes>, progress: bool) -> Result<()> {
@@ -351,7 +378,7 @@ fn embed_in_chunks(embedder: &Embedder, todo: &[&Found], staging: &Path, info: &
         save_chunk(staging, next, pending, rows)?;
         done.push((next, std::mem::replace(pending, new_chunk())));
         rows.clear();
-        if crash_after == Some(done.len()) {
+        if crash_after == Some(CHUNKS_SAVED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1) {
             eprintln!("{CRASH_AFTER_CHUNKS_ENV}: aborting after chunk {next}");
             std::process::abort();
         }
