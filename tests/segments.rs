@@ -833,8 +833,8 @@ fn a_crash_at_any_step_of_remove_optimize_import_leaves_the_old_or_new_state() {
     crash_each_step(work, Some(&base), "import-append", &append, false, &["segment-written", "committed", "merge-written"]);
 }
 
-/// FAILS NOW (src/index/build.rs): a crash at `committed` leaves the staged
-/// chunks of the committed segment; the rerun commits them again with new ids.
+/// A crash at `committed` leaves the staged chunks of the committed segment;
+/// the rerun must recognise them and not commit them again.
 #[test]
 fn a_crash_during_add_leaves_the_old_or_new_state_and_a_rerun_finishes() {
     let dir = tempfile::tempdir().unwrap();
@@ -851,7 +851,7 @@ fn a_crash_during_add_leaves_the_old_or_new_state_and_a_rerun_finishes() {
     crash_each_step(work, Some(&built), "add", &|i| ["index", "add", "--index", s(i), "--chunk-size", "2"].map(String::from).to_vec(), true, &["segment-written", "committed"]);
 }
 
-/// FAILS NOW for the same reason as the add test (crash at `committed`).
+/// As for add: a crash at `committed` must not commit the staged chunks twice.
 #[test]
 fn a_crash_during_a_build_keeps_whole_segments_and_a_rerun_finishes() {
     let dir = tempfile::tempdir().unwrap();
@@ -897,8 +897,6 @@ fn a_crash_during_a_build_keeps_whole_segments_and_a_rerun_finishes() {
 /// `LONGCLIP_TEST_CRASH_AFTER_CHUNKS` counts the chunks of the run: with
 /// 4-row segments of 2-image chunks, chunk 3 is saved after the first
 /// segment was committed, which the resumed build keeps (same files).
-/// FAILS NOW (src/index/build.rs `embed_in_chunks`): the count restarts at
-/// every segment (`done.len()`), so N > segment_rows / chunk_size never fires.
 #[test]
 fn a_build_killed_after_chunks_keeps_its_committed_segments() {
     let dir = tempfile::tempdir().unwrap();
