@@ -143,7 +143,8 @@ fn search_segment(seg: &Segment, queries: &[Vec<f32>], opts: &Options) -> Result
         Err(e) => return Err(e),
     };
     let ef = beam(seg, opts);
-    let keep = |r: usize| !seg.is_deleted(r);
+    // A graph node stands for its exact copies: keep it while any is live.
+    let keep = |r: usize| seg.copies(r).iter().any(|&c| !seg.is_deleted(c));
     queries
         .par_iter()
         .map(|q| {
@@ -152,6 +153,7 @@ fn search_segment(seg: &Segment, queries: &[Vec<f32>], opts: &Options) -> Result
             let mut row = vec![0f32; q.len()];
             let mut hits: Vec<(usize, f32)> = rows
                 .into_iter()
+                .flat_map(|r| seg.copies(r))
                 .filter(|&r| r < seg.rows() && !seg.is_deleted(r))
                 .map(|r| {
                     seg.row(r, &mut row);
@@ -269,19 +271,10 @@ fn block_f32<'a>(seg: &'a Segment, d: usize, rows: std::ops::Range<usize>, buf: 
     buf
 }
 
-/// Dot product with 8 independent sums (vectorizes; order differs from a
-/// naive loop by rounding only).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
+/// The dot product of exact search and rescoring: `index::score` (SIMD,
+/// chosen at run time, in an order that does not depend on the address, so
+/// a vector scores the same in any segment and through either method).
+pub use crate::index::score as dot;
 
 /// Higher score first; equal scores by lower row, so results are deterministic.
 fn better(a: &(usize, f32), b: &(usize, f32)) -> std::cmp::Ordering {

@@ -291,9 +291,8 @@ fn assert_all_copies(index: &Path, kind: &str, dtype: &str, how: &[&str]) {
     }
 }
 
-/// BLOCKED NOW on the HNSW distance fix (other helper, src/index/hnsw.rs +
-/// distance.rs): `hnsw_rs`'s `DistDot` panics the graph build on exact
-/// duplicates (`assertion failed: dot <= 1.000002`). Must pass after the merge.
+/// hnsw_rs's `DistDot` panicked the graph build on exact duplicates
+/// (`assertion failed: dot <= 1.000002`); `UnitDot` never panics.
 #[test]
 fn duplicate_vectors_import_and_exact_search_returns_all_copies() {
     let dir = tempfile::tempdir().unwrap();
@@ -302,11 +301,10 @@ fn duplicate_vectors_import_and_exact_search_returns_all_copies() {
     }
 }
 
-/// BLOCKED NOW on the same distance fix, and then STILL EXPECTED TO FAIL for
-/// exact duplicates: with a clamped distance (tried locally: `(1 - dot).max(0)`)
-/// the graph search with `--ef 200` returns only ~75 of the 100 identical
-/// copies (hnsw_rs's neighbour-selection heuristic prunes neighbours at
-/// distance 0, so identical rows are poorly linked). Near-duplicates pass.
+/// With a clamped distance alone the graph search with `--ef 200` returned
+/// only ~75 of the 100 identical copies (hnsw_rs links points at distance 0
+/// poorly); a segment's graph holds one node per group of bit-identical
+/// rows (`duplicates.bin`), and a hit returns the whole group.
 #[test]
 fn duplicate_vectors_graph_search_returns_all_copies() {
     let dir = tempfile::tempdir().unwrap();
@@ -315,8 +313,8 @@ fn duplicate_vectors_graph_search_returns_all_copies() {
     }
 }
 
-/// Blocked on the same `DistDot` fix as above when the model maps copies to
-/// identical embeddings (it does: same bytes, same pixels).
+/// Copies of a photo embed to identical vectors (same bytes, same pixels):
+/// the build used to panic in `DistDot`.
 #[test]
 fn a_folder_with_copied_images_builds() {
     let dir = tempfile::tempdir().unwrap();

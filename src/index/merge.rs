@@ -320,6 +320,9 @@ fn adopt_segment(dst: &Path, change: &mut Change, src: &Index, s: usize) -> Resu
     if let Some(info) = &seg.meta.hnsw {
         linked.extend(info.files());
     }
+    if seg.meta.sizes.contains_key(super::segment::DUPLICATES) {
+        linked.push(super::segment::DUPLICATES.to_string());
+    }
     for file in &linked {
         link_or_copy(&seg.dir.join(file), &dir.join(file))?;
         sizes.insert(file.clone(), seg.meta.sizes[file]);

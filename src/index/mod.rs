@@ -14,6 +14,7 @@
 mod build;
 mod commit;
 mod deletes;
+mod distance;
 mod export;
 mod hnsw;
 mod import;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use build::{build, BuildOptions, BuildReport, Shard, CRASH_AFTER_CHUNKS_ENV, DEFAULT_SEGMENT_ROWS};
 pub use commit::CRASH_AT_ENV;
 pub use deletes::Deletes;
+pub use distance::{dot, score, UnitDot};
 pub use export::export;
 pub use hnsw::{Graph, HnswInfo, HnswParams};
 pub use import::{import, npy_header, read_npy, ImportOptions};
@@ -184,15 +186,41 @@ pub(crate) fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<
 }
 
 /// Runs `f`, turning a panic (in a dependency) into an error that says `what`.
-/// The default hook is silenced meanwhile so the user sees one clear message.
 pub(crate) fn catch_panic<T>(what: impl FnOnce() -> String, f: impl FnOnce() -> T) -> Result<T> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    quiet_unwind(f).map_err(|message| anyhow::anyhow!("{}: internal error in a dependency: {message}", what()))
+}
+
+thread_local! {
+    /// Depth of `quiet_unwind` calls on this thread; panics here are not printed while > 0.
+    static QUIET: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+
+/// Runs `f`, catching a panic as its message. The panic hook is
+/// process-global and searches run on many threads, so swapping it around
+/// each call would race (a thread could restore another thread's silent
+/// hook for good). Instead one wrapper hook, installed once, stays silent
+/// only for threads inside `quiet_unwind` and passes every other panic to
+/// the previous hook.
+pub(crate) fn quiet_unwind<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(|q| q.get()) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(q.get() + 1));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(hook);
-    result.map_err(|p| {
-        let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into());
-        anyhow::anyhow!("{}: internal error in a dependency: {why}", what())
+    QUIET.with(|q| q.set(q.get() - 1));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string())
     })
 }
 

@@ -2,10 +2,16 @@
 //! dim, raw little-endian, L2-normalized), `entries.jsonl` (one JSON object
 //! per row), `rows.bin` (per row: id and byte offset of its entry line, two
 //! u64 LE), the HNSW dump `hnsw.hnsw.graph` + `hnsw.hnsw.data`, and the
-//! deletion bitmaps `deletes-G.bin`. Everything but the bitmaps is written
-//! once, before the manifest that names the segment is committed.
+//! deletion bitmaps `deletes-G.bin`. Exact duplicates (rows whose stored
+//! vectors are bit-identical) enter the graph once: `duplicates.bin` maps
+//! each other copy to that row (u64 LE pairs: row, representative), and a
+//! graph hit stands for all its copies, so a search returns every copy with
+//! the same score. (hnsw_rs links identical points poorly: with 100 copies
+//! of a vector, a graph search found about 75 of them.) Everything but the
+//! bitmaps is written once, before the manifest that names the segment is
+//! committed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -29,8 +35,14 @@ pub struct Segment {
     rows: Option<Mmap>,
     entries: Option<Mmap>,
     deletes: Deletes,
-    graph: OnceLock<std::result::Result<Graph, String>>,
+    graph: OnceLock<std::result::Result<(Graph, Copies), String>>,
 }
+
+/// Representative row -> every row with the same stored vector (itself first).
+type Copies = HashMap<usize, Vec<usize>>;
+
+/// The file mapping duplicate rows to the row that stands for them in the graph.
+pub const DUPLICATES: &str = "duplicates.bin";
 
 /// `INDEX/segments/NAME`.
 pub fn segment_dir(index: &Path, name: &str) -> PathBuf {
@@ -144,13 +156,96 @@ impl Segment {
 
     /// The graph, loaded (memory-mapped) on first use; None without one.
     pub fn graph(&self) -> Result<Option<&Graph>> {
+        Ok(self.loaded_graph()?.map(|(g, _)| g))
+    }
+
+    /// The rows a graph hit on `row` stands for: its exact copies (itself
+    /// included), or just `row`.
+    pub fn copies(&self, row: usize) -> Vec<usize> {
+        match self.loaded_graph() {
+            Ok(Some((_, copies))) => copies.get(&row).cloned().unwrap_or_else(|| vec![row]),
+            _ => vec![row],
+        }
+    }
+
+    fn loaded_graph(&self) -> Result<Option<&(Graph, Copies)>> {
         let Some(info) = &self.meta.hnsw else { return Ok(None) };
-        let loaded = self.graph.get_or_init(|| Graph::load(&self.dir, info, &self.meta.sizes, self.meta.rows).map_err(|e| format!("{e:#}")));
+        let loaded = self.graph.get_or_init(|| {
+            let load = || -> Result<(Graph, Copies)> {
+                let (copies, duplicates) = read_duplicates(&self.dir, &self.meta)?;
+                let graph = Graph::load(&self.dir, info, &self.meta.sizes, self.meta.rows - duplicates)?;
+                Ok((graph, copies))
+            };
+            load().map_err(|e| format!("{e:#}"))
+        });
         match loaded {
             Ok(g) => Ok(Some(g)),
             Err(e) => bail!("{e}"),
         }
     }
+}
+
+/// Reads `duplicates.bin` (when the manifest lists it): the copy groups and
+/// the number of rows left out of the graph.
+fn read_duplicates(dir: &Path, meta: &SegmentMeta) -> Result<(Copies, usize)> {
+    let mut copies = Copies::new();
+    if !meta.sizes.contains_key(DUPLICATES) {
+        return Ok((copies, 0));
+    }
+    check_size(dir, DUPLICATES, meta)?;
+    let bytes = std::fs::read(dir.join(DUPLICATES)).with_context(|| format!("{}: cannot read {DUPLICATES}", dir.display()))?;
+    let pairs: Vec<(usize, usize)> = bytes.chunks_exact(16).map(|b| (u64::from_le_bytes(b[..8].try_into().expect("8")) as usize, u64::from_le_bytes(b[8..].try_into().expect("8")) as usize)).collect();
+    if pairs.iter().any(|&(r, rep)| r >= meta.rows || rep >= meta.rows) {
+        bail!("{}: corrupt index: {DUPLICATES} names a row past the segment's {}", dir.display(), meta.rows);
+    }
+    for &(row, rep) in &pairs {
+        copies.entry(rep).or_insert_with(|| vec![rep]).push(row);
+    }
+    Ok((copies, pairs.len()))
+}
+
+/// Builds a segment's graph over its rows, each group of bit-identical
+/// vectors entering once, and writes `duplicates.bin` for the others.
+/// Returns the graph and the sizes of the files written.
+pub(crate) fn build_graph(dir: &Path, vectors: &[f32], dim: usize, params: HnswParams, progress: bool) -> Result<(super::hnsw::HnswInfo, BTreeMap<String, u64>)> {
+    let rows = vectors.len() / dim;
+    let mut first: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut graph_rows = Vec::with_capacity(rows);
+    let mut pairs: Vec<u8> = Vec::new();
+    for r in 0..rows {
+        let v = &vectors[r * dim..(r + 1) * dim];
+        let key = hash_bits(v);
+        let same = first.entry(key).or_default();
+        match same.iter().find(|&&rep| vectors[rep * dim..(rep + 1) * dim].iter().zip(v).all(|(a, b)| a.to_bits() == b.to_bits())) {
+            Some(&rep) => {
+                pairs.extend_from_slice(&(r as u64).to_le_bytes());
+                pairs.extend_from_slice(&(rep as u64).to_le_bytes());
+            }
+            None => {
+                same.push(r);
+                graph_rows.push(r);
+            }
+        }
+    }
+    let info = Graph::build_and_dump_rows(vectors, &graph_rows, dim, params, dir, "hnsw", progress)?;
+    let mut files: Vec<String> = info.files().to_vec();
+    if !pairs.is_empty() {
+        let path = dir.join(DUPLICATES);
+        std::fs::write(&path, &pairs).with_context(|| format!("{}: cannot write", path.display()))?;
+        files.push(DUPLICATES.to_string());
+    }
+    let mut sizes = BTreeMap::new();
+    for file in files {
+        let path = dir.join(&file);
+        File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("{}: cannot sync", path.display()))?;
+        sizes.insert(file, std::fs::metadata(&path)?.len());
+    }
+    Ok((info, sizes))
+}
+
+/// FNV-1a over the bit patterns of a row.
+fn hash_bits(v: &[f32]) -> u64 {
+    v.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ x.to_bits() as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 fn check_size(dir: &Path, name: &str, meta: &SegmentMeta) -> Result<()> {
@@ -256,23 +351,20 @@ impl SegmentWriter {
         for (w, file) in [(vectors, vectors_name.as_str()), (entries, "entries.jsonl"), (rows, "rows.bin")] {
             finish_file(w, &dir.join(file))?;
         }
-        let graph = match hnsw {
-            Some(params) if count > 0 => Some(Graph::build_and_dump(&kept, dim, params, &dir, "hnsw", progress)?),
-            _ => None,
-        };
-        drop(kept);
-        let mut files = vec![vectors_name, "entries.jsonl".to_string(), "rows.bin".to_string()];
-        if let Some(info) = &graph {
-            for file in info.files() {
-                File::open(dir.join(&file)).and_then(|f| f.sync_all()).with_context(|| format!("{}: cannot sync {file}", dir.display()))?;
-                files.push(file);
-            }
-        }
         let mut sizes = BTreeMap::new();
-        for file in files {
+        for file in [vectors_name, "entries.jsonl".to_string(), "rows.bin".to_string()] {
             let len = std::fs::metadata(dir.join(&file)).with_context(|| format!("{}: {file} missing after write", dir.display()))?.len();
             sizes.insert(file, len);
         }
+        let graph = match hnsw {
+            Some(params) if count > 0 => {
+                let (info, graph_sizes) = build_graph(&dir, &kept, dim, params, progress)?;
+                sizes.extend(graph_sizes);
+                Some(info)
+            }
+            _ => None,
+        };
+        drop(kept);
         sync_dir(&dir)?;
         let (min_id, max_id) = ids.unwrap_or((0, 0));
         Ok(SegmentMeta { name, rows: count, deleted: 0, deletes: None, dtype, min_id, max_id, sizes, hnsw: graph })

@@ -13,10 +13,10 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use super::commit::{collect_garbage, Change};
-use super::hnsw::{Graph, HnswParams};
+use super::hnsw::HnswParams;
 use super::lock::lock;
 use super::manifest::{Manifest, SegmentMeta};
-use super::segment::{segment_dir, sync_dir};
+use super::segment::{build_graph, segment_dir, sync_dir};
 use super::{read_jsonl, Dtype, ModelInfo, Skipped, DEFAULT_SEGMENT_ROWS, MANIFEST, SEGMENTS_DIR};
 
 #[derive(Deserialize)]
@@ -119,10 +119,8 @@ fn convert(dir: &Path, name: &str, old: &V1Manifest, progress: bool) -> Result<S
                 Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
                 Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect(),
             };
-            let info = Graph::build_and_dump(&floats, old.dim, params, &seg, "hnsw", progress)?;
-            for file in info.files() {
-                sizes.insert(file.clone(), std::fs::metadata(seg.join(&file))?.len());
-            }
+            let (info, graph_sizes) = build_graph(&seg, &floats, old.dim, params, progress)?;
+            sizes.extend(graph_sizes);
             Some(info)
         }
         None => None,
