@@ -54,6 +54,18 @@ pub struct Options {
     pub ef: Option<usize>,
 }
 
+impl std::fmt::Display for Method {
+    /// `exact`, `hnsw (ef 128)`, or `hnsw (ef 128) and exact` (the words
+    /// of the CLI's summary line and the API's `method`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Method::Exact => write!(f, "exact"),
+            Method::Hnsw { ef } => write!(f, "hnsw (ef {ef})"),
+            Method::Mixed { ef } => write!(f, "hnsw (ef {ef}) and exact"),
+        }
+    }
+}
+
 /// Whether a segment is searched through its graph.
 fn uses_graph(seg: &Segment, opts: &Options) -> bool {
     seg.meta.hnsw.is_some() && !opts.exact && (opts.ef.is_some() || seg.meta.live() > HNSW_THRESHOLD)
@@ -210,24 +222,27 @@ fn exact_dots(seg: &Segment, queries: &[Vec<f32>], k: usize) -> Vec<Vec<(usize, 
     let n = seg.rows();
     let blocks = n.div_ceil(BLOCK_ROWS);
     let empty = || vec![TopK::new(k); queries.len()];
+    let halves: Option<&[u16]> = seg.f16_rows().map(|h| {
+        // Safety: f16 is a transparent u16.
+        unsafe { std::slice::from_raw_parts(h.as_ptr() as *const u16, h.len()) }
+    });
     let tops = (0..blocks)
         .into_par_iter()
-        .fold(
-            || (empty(), Vec::<f32>::new()),
-            |(mut tops, mut buf), b| {
-                let rows = b * BLOCK_ROWS..((b + 1) * BLOCK_ROWS).min(n);
-                let block = block_f32(seg, d, rows.clone(), &mut buf);
-                for (top, q) in tops.iter_mut().zip(queries) {
-                    for (i, row) in block.chunks_exact(d).enumerate() {
-                        if !seg.is_deleted(rows.start + i) {
-                            top.push(rows.start + i, dot(q, row));
-                        }
-                    }
+        .fold(empty, |mut tops, b| {
+            let rows = b * BLOCK_ROWS..((b + 1) * BLOCK_ROWS).min(n);
+            for (top, q) in tops.iter_mut().zip(queries) {
+                for r in rows.clone().filter(|&r| !seg.is_deleted(r)) {
+                    // f16 rows are converted in registers (bit-identical to
+                    // converting first), f32 rows read in place.
+                    let s = match halves {
+                        Some(h) => score_f16(q, &h[r * d..(r + 1) * d]),
+                        None => dot(q, &seg.f32_rows().expect("f16 or f32")[r * d..(r + 1) * d]),
+                    };
+                    top.push(r, s);
                 }
-                (tops, buf)
-            },
-        )
-        .map(|(tops, _)| tops)
+            }
+            tops
+        })
         .reduce(empty, |mut a, b| {
             for (x, y) in a.iter_mut().zip(b) {
                 x.merge(y);
@@ -275,6 +290,7 @@ fn block_f32<'a>(seg: &'a Segment, d: usize, rows: std::ops::Range<usize>, buf: 
 /// chosen at run time, in an order that does not depend on the address, so
 /// a vector scores the same in any segment and through either method).
 pub use crate::index::score as dot;
+use crate::index::score_f16;
 
 /// Higher score first; equal scores by lower row, so results are deterministic.
 fn better(a: &(usize, f32), b: &(usize, f32)) -> std::cmp::Ordering {
@@ -345,6 +361,13 @@ impl QueryEncoder {
             (None, Some(p)) => p.into(),
             (None, None) => bail!("{}: the index does not record its model (imported): give --model", index.dir.display()),
         };
+        if model.is_none() && !path.exists() {
+            bail!(
+                "{}: the model the index was built with, {}, is not there any more; give its new place with --model",
+                index.dir.display(),
+                path.display()
+            );
+        }
         let ckpt = checkpoint::load(&path)?;
         let info = model_info(&ckpt, &path)?;
         check_model(index, &info)?;

@@ -193,6 +193,9 @@ fn options(k: Option<u64>, ef: Option<u64>, exact: bool) -> Result<search::Optio
         if ef == 0 || ef > 10_000 {
             return Err(ApiError::bad(format!("ef must be between 1 and 10000, got {ef}")));
         }
+        if exact {
+            return Err(ApiError::bad("exact and ef do not go together (ef is the graph's beam)"));
+        }
     }
     Ok(search::Options { k: k as usize, exact, ef: ef.map(|e| e as usize) })
 }
@@ -246,11 +249,7 @@ fn blocking_search(state: &AppState, req: Request) -> Result<Response, ApiError>
     let body = json!({
         "query": query,
         "truncated": truncated,
-        "method": match method {
-            search::Method::Exact => "exact".to_string(),
-            search::Method::Hnsw { ef } => format!("hnsw (ef {ef})"),
-            search::Method::Mixed { ef } => format!("hnsw (ef {ef}) and exact"),
-        },
+        "method": method.to_string(),
         "count": index.len(),
         "took_ms": start.elapsed().as_secs_f64() * 1000.0,
         "results": hits.into_iter().next().unwrap_or_default(),

@@ -1211,3 +1211,93 @@ fn a_shard_refuses_add_and_the_merged_index_takes_the_new_files() {
     ok(&["index", "add", "--index", s(&merged)]);
     assert_eq!(Index::open(&merged).unwrap().len(), 8);
 }
+
+/// What a new user tried by mistake (fresh-user review of issue 11): writers
+/// never create or write into folders that are not indexes, ids are checked,
+/// URLs stay URLs, shards may be empty, merges refuse what they cannot do.
+#[test]
+fn mistakes_get_clear_errors_and_touch_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    // Writers that need an index refuse a missing one and create nothing.
+    let ghost = work.join("ghost");
+    for args in [
+        vec!["index", "optimize", "--index", s(&ghost)],
+        vec!["index", "remove", "--index", s(&ghost), "--id", "1"],
+        vec!["index", "upgrade", "--index", s(&ghost)],
+    ] {
+        let err = fails(&args);
+        assert!(err.contains("no such index"), "{args:?}: {err}");
+        assert!(!ghost.exists(), "{args:?} created {}", ghost.display());
+    }
+    let into = work.join("into");
+    let err = fails(&["index", "merge", s(&ghost), "--into", s(&into)]);
+    assert!(err.contains("no such index"), "{err}");
+    assert!(!ghost.exists() && !into.exists());
+
+    // A folder of other files is not made into an index, nor locked.
+    let photos = work.join("photos");
+    make_images(&photos, 3, 40);
+    let listing = dir_names(&photos);
+    let err = fails(&["index", "build", "--model", s(&model()), "--images", s(&photos), "--index", s(&photos)]);
+    assert!(err.contains("is not a longclip index"), "{err}");
+    let err = fails(&["index", "optimize", "--index", s(&photos)]);
+    assert!(err.contains("not a longclip index"), "{err}");
+    assert_eq!(dir_names(&photos), listing, "nothing written into the photo folder");
+
+    // Ids: blank and repeated lines are named; appends of ids already there refused.
+    let d = 8;
+    let data = clustered(4, d, 1);
+    let npy = work.join("e.npy");
+    write_npy_f32(&npy, &data, 4, d);
+    let ids = work.join("ids.txt");
+    let idx = work.join("idx");
+    for (text, want) in [("a\n\nc\nd\n", "ids.txt:2: empty id"), ("a\nb\na\nd\n", "ids.txt:3: id 'a' repeats line 1")] {
+        std::fs::write(&ids, text).unwrap();
+        let err = fails(&["index", "import", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(&idx)]);
+        assert!(err.contains(want), "{err}");
+        assert!(!idx.join("manifest.json").exists());
+    }
+    std::fs::write(&ids, "https://example.com/a.jpg\ns3://bucket/b.jpg\nc.jpg\nd.jpg\n").unwrap();
+    let err = fails(&["index", "import", "--append", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(&idx)]);
+    assert!(err.contains("no index there to append to"), "{err}");
+    ok(&["index", "import", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(&idx), "--no-hnsw"]);
+    let err = fails(&["index", "import", "--append", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(&idx)]);
+    assert!(err.contains("is in the index already"), "{err}");
+    // URLs are not files: --missing keeps them, paths print as given.
+    ok(&["index", "remove", "--index", s(&idx), "--missing"]);
+    assert_eq!(Index::open(&idx).unwrap().len(), 2, "the two URL entries stay, the two missing files go");
+    let hits = search_json(&["search", "--index", s(&idx), "--like", "0", "--json"]);
+    assert_eq!(hits[0]["path"], "https://example.com/a.jpg");
+
+    // Merges: a source twice, an unfinished build.
+    let err = fails(&["index", "merge", s(&idx), s(&idx), "--into", s(&work.join("m"))]);
+    assert!(err.contains("given twice"), "{err}");
+    std::fs::create_dir_all(idx.join("staging")).unwrap();
+    let err = fails(&["index", "merge", s(&idx), "--into", s(&work.join("m2"))]);
+    assert!(err.contains("unfinished build"), "{err}");
+    std::fs::remove_dir_all(idx.join("staging")).unwrap();
+
+    // An empty shard is an empty index, and merges.
+    let few = work.join("few");
+    make_images(&few, 2, 70);
+    let empty = work.join("shard-empty");
+    ok(&["index", "build", "--model", s(&model()), "--images", s(&few), "--index", s(&empty), "--shard", "5/8"]);
+    assert_eq!(Index::open(&empty).unwrap().len(), 0);
+    let full = work.join("shard-0");
+    ok(&["index", "build", "--model", s(&model()), "--images", s(&few), "--index", s(&full), "--shard", "0/8"]);
+    let err = fails(&["index", "build", "--model", s(&model()), "--images", s(&few), "--index", s(&full), "--shard", "1/8"]);
+    assert!(err.contains("built as shard 0/8"), "{err}");
+    ok(&["index", "merge", s(&empty), s(&full), "--into", s(&work.join("all"))]);
+    assert_eq!(Index::open(&work.join("all")).unwrap().len(), 1);
+
+    // Zero counts and blank queries.
+    let err = fails(&["search", "--index", s(&idx), "--like", "0", "--ef", "0"]);
+    assert!(err.contains("at least 1"), "{err}");
+    let err = fails(&["index", "build", "--model", s(&model()), "--images", s(&few), "--index", s(&work.join("z")), "--segment-rows", "0"]);
+    assert!(err.contains("at least 1"), "{err}");
+    let queries = work.join("q.txt");
+    std::fs::write(&queries, "a red square\n \nblue\n").unwrap();
+    let err = fails(&["search", "--index", s(&full), "--queries", s(&queries)]);
+    assert!(err.contains("query 1 (0-based) is empty"), "{err}");
+}

@@ -89,12 +89,12 @@ struct GraphArgs {
     #[arg(long)]
     no_hnsw: bool,
     /// HNSW neighbours per node.
-    #[arg(long, default_value_t = HnswParams::default().m)]
+    #[arg(long, default_value_t = HnswParams::default().m, value_parser = positive)]
     hnsw_m: usize,
-    #[arg(long, default_value_t = HnswParams::default().ef_construction)]
+    #[arg(long, default_value_t = HnswParams::default().ef_construction, value_parser = positive)]
     ef_construction: usize,
     /// The default search beam recorded in the manifest.
-    #[arg(long, default_value_t = HnswParams::default().ef_search)]
+    #[arg(long, default_value_t = HnswParams::default().ef_search, value_parser = positive)]
     ef_search: usize,
 }
 
@@ -114,15 +114,15 @@ struct BuildArgs {
     /// The index directory to create (or resume).
     #[arg(long)]
     index: PathBuf,
-    /// Storage of the embedding matrix: f16 (half the size) or f32.
-    #[arg(long, default_value = "f16")]
-    dtype: String,
+    /// Storage of the embedding matrix: f16 (half the size; the default) or f32.
+    #[arg(long)]
+    dtype: Option<String>,
     #[command(flatten)]
     graph: GraphArgs,
     #[command(flatten)]
     run: RunArgs,
     /// Images per segment: each is committed (and kept by a resumed build) when full.
-    #[arg(long, default_value_t = index::DEFAULT_SEGMENT_ROWS)]
+    #[arg(long, default_value_t = index::DEFAULT_SEGMENT_ROWS, value_parser = positive)]
     segment_rows: usize,
     /// Embed only the I-th of N parts of the sorted file list (file number % N == I), e.g. 0/4.
     #[arg(long)]
@@ -133,12 +133,12 @@ struct BuildArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = positive)]
     batch_size: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Images per saved chunk: the most an interrupted build has to redo.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = positive)]
     chunk_size: usize,
 }
 
@@ -194,7 +194,7 @@ struct ImportArgs {
     #[arg(long)]
     append: bool,
     /// Rows per segment written.
-    #[arg(long, default_value_t = index::DEFAULT_SEGMENT_ROWS)]
+    #[arg(long, default_value_t = index::DEFAULT_SEGMENT_ROWS, value_parser = positive)]
     segment_rows: usize,
     #[command(flatten)]
     merge: MergeArgs,
@@ -229,7 +229,7 @@ pub struct SearchArgs {
     #[arg(long, conflicts_with = "ef")]
     exact: bool,
     /// HNSW search beam (uses the graph whatever the index size).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     ef: Option<usize>,
     #[arg(long)]
     json: bool,
@@ -253,6 +253,15 @@ pub struct ServeArgs {
     device: String,
 }
 
+/// A count that must be at least 1.
+fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(e) => Err(format!("not a whole number: {e}")),
+    }
+}
+
 pub fn run_index(args: IndexArgs) -> Result<()> {
     match args.command {
         IndexCommand::Build(a) => build(a),
@@ -272,8 +281,13 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
         }
         IndexCommand::Upgrade { index } => {
             let start = Instant::now();
+            let was = index::read_manifest(&index).is_ok();
             let m = index::upgrade(&index, true)?;
-            eprintln!("{}: format v{} with {} segments, {} entries ({:.2} s)", index.display(), m.format_version, m.segments.len(), m.count, start.elapsed().as_secs_f64());
+            if was {
+                eprintln!("{}: already format v{}; nothing to do", index.display(), m.format_version);
+            } else {
+                eprintln!("{}: upgraded to format v{}: {} segments, {} entries ({:.2} s)", index.display(), m.format_version, m.segments.len(), m.count, start.elapsed().as_secs_f64());
+            }
             Ok(())
         }
         IndexCommand::Export { index, out } => {
@@ -294,9 +308,17 @@ fn load_model(path: &Path, device: &str) -> Result<(LongClip, candle_core::Devic
 }
 
 fn build(a: BuildArgs) -> Result<()> {
-    let dtype = Dtype::parse(&a.dtype)?;
+    let dtype = Dtype::parse(a.dtype.as_deref().unwrap_or("f16"))?;
     if !a.images.is_dir() {
         bail!("{}: not a folder of images", a.images.display());
+    }
+    if let Ok(m) = index::read_manifest(&a.index) {
+        if a.dtype.is_some() && dtype != m.dtype {
+            eprintln!("warning: {}: the index stores {}; --dtype {} applies to new indexes only", a.index.display(), m.dtype.name(), dtype.name());
+        }
+        if a.graph.params() != m.hnsw {
+            eprintln!("warning: {}: the index keeps its HNSW setting ({}); the graph options apply to new indexes only", a.index.display(), m.hnsw.map_or("none".into(), |h| format!("M {}, ef_construction {}", h.m, h.ef_construction)));
+        }
     }
     let (model, device, info) = load_model(&a.model, &a.run.device)?;
     let opts = BuildOptions {
@@ -343,7 +365,7 @@ fn summarize(dir: &Path, r: &index::BuildReport) -> Result<()> {
     let done = r.embedded + r.resumed;
     let rate = r.embedded as f64 / r.seconds.max(1e-9);
     eprintln!(
-        "embedded {} images ({} this run, {} resumed), skipped {}, unchanged {} in {:.2} s ({rate:.1} images/s) -> {}: {} entries in {} segments, {} skipped",
+        "embedded {} images ({} this run, {} resumed), skipped {}, unchanged {} in {:.2} s ({rate:.1} images/s) -> {}: {} entries in {} segment{}, {} skipped in all",
         done,
         r.embedded,
         r.resumed,
@@ -353,10 +375,15 @@ fn summarize(dir: &Path, r: &index::BuildReport) -> Result<()> {
         dir.display(),
         r.count,
         r.segments,
+        if r.segments == 1 { "" } else { "s" },
         r.skipped_total
     );
     if !r.committed {
         eprintln!("the index is up to date");
+    }
+    if r.count == 0 && r.files == 0 && r.skipped_total == 0 {
+        eprintln!("{}: this shard holds none of the folder's images (an empty index; it merges like any other)", dir.display());
+        return Ok(());
     }
     if r.count == 0 {
         bail!("{}: no image could be embedded; see `longclip index info --index {}` for the reasons", dir.display(), dir.display());
@@ -383,6 +410,7 @@ fn import(a: ImportArgs) -> Result<()> {
         None => None,
     };
     let start = Instant::now();
+    let before_next = index::read_manifest(&a.index).map_or(0, |m| m.next_id);
     let opts = ImportOptions {
         embeddings: a.embeddings.clone(),
         ids: a.ids.clone(),
@@ -396,7 +424,7 @@ fn import(a: ImportArgs) -> Result<()> {
     };
     let m = index::import(&a.index, &opts)?;
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("imported vectors of {} dimensions in {secs:.2} s -> {}: {} entries in {} segments", m.dim, a.index.display(), m.count, m.segments.len());
+    eprintln!("imported {} rows of {} dimensions in {secs:.2} s -> {}: {} entries in {} segments", m.next_id - before_next, m.dim, a.index.display(), m.count, m.segments.len());
     Ok(())
 }
 
@@ -438,6 +466,9 @@ fn info(dir: &Path, json: bool) -> Result<()> {
         Some(h) => println!("hnsw        M {}, ef_construction {}, ef_search {} (one graph per segment)", h.m, h.ef_construction, h.ef_search),
         None => println!("hnsw        none (exact search only)"),
     }
+    if let Some(s) = &m.shard {
+        println!("shard       {}/{} (files numbered % {} == {})", s.index, s.count, s.count, s.index);
+    }
     println!("segments    {}", m.segments.len());
     for seg in &m.segments {
         let graph = seg.hnsw.as_ref().map_or("no graph".to_string(), |h| format!("graph built in {:.1} s", h.build_seconds));
@@ -461,6 +492,9 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
     }
     let index = Index::open(&a.index)?;
     let opts = search::Options { k: a.k, exact: a.exact, ef: a.ef };
+    if a.ef.is_some() && index.segments().iter().all(|s| s.meta.hnsw.is_none()) {
+        eprintln!("warning: {}: the index has no HNSW graph (built with --no-hnsw): --ef is ignored, the search is exact", a.index.display());
+    }
     if let Some(id) = a.like {
         let row = index.row_of_id(id).with_context(|| format!("{}: no entry with id {id}", a.index.display()))?;
         let hits = search::search(&index, &[index.row_vec(row)], &opts)?;
@@ -484,13 +518,13 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
             text_query(&encoder, t.trim(), ctx)?
         }
         (_, _, Some(p)) => encoder.image_path(p)?,
-        _ => bail!("give --text, --text-file, --image, --like or --queries"),
+        _ => bail!("give --text, --text-file, --image, --like, --queries or --vectors"),
     };
     let start = Instant::now();
     let hits = search::search(&index, &[query.vector], &opts)?;
     if !a.json {
         let method = search::method(&index, &opts);
-        eprintln!("searched {} vectors ({method:?}) in {:.1} ms", index.len(), start.elapsed().as_secs_f64() * 1000.0);
+        eprintln!("searched {} vectors ({method}) in {:.1} ms", index.len(), start.elapsed().as_secs_f64() * 1000.0);
     }
     print_hits(&hits[0], a.json)
 }
@@ -523,6 +557,9 @@ fn batch(index: &Index, encoder: &QueryEncoder, path: &Path, out: Option<&Path>,
     let texts = embed::read_texts(path)?;
     if texts.is_empty() {
         bail!("{}: no queries", path.display());
+    }
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        bail!("{}: query {i} (0-based) is empty", path.display());
     }
     let start = Instant::now();
     let queries = encoder.texts(&texts)?;
@@ -582,14 +619,21 @@ fn vector_batch(index: &Index, path: &Path, out: Option<&Path>, opts: &search::O
         None => std::io::stdout().write_all(&lines)?,
     }
     let method = search::method(index, opts);
-    eprintln!("{rows} query vectors searched over {} vectors ({method:?}) in {secs:.3} s ({:.0} QPS)", index.len(), rows as f64 / secs.max(1e-9));
+    eprintln!("{rows} query vectors searched over {} vectors ({method}) in {secs:.3} s ({:.0} QPS)", index.len(), rows as f64 / secs.max(1e-9));
     Ok(())
 }
 
 pub fn run_serve(a: ServeArgs) -> Result<()> {
     let index = Index::open(&a.index)?;
+    let recorded_gone = a.model.is_none() && index.manifest.model.path.as_deref().is_some_and(|p| !Path::new(p).exists());
     let encoder = if a.model.is_none() && index.manifest.model.path.is_none() {
         eprintln!("warning: the index records no model and no --model was given: only like=ID searches will work");
+        None
+    } else if recorded_gone {
+        eprintln!(
+            "warning: the index's model {} is not there any more (give --model): only like=ID searches will work",
+            index.manifest.model.path.as_deref().unwrap_or("?")
+        );
         None
     } else {
         Some(QueryEncoder::for_index(&index, a.model.as_deref(), &a.device)?)

@@ -87,7 +87,7 @@ enum Command {
     Finetune(finetune::FinetuneArgs),
     /// The two PCM losses of one batch (to check a setup against the official code).
     Loss(finetune::LossArgs),
-    /// Image search indexes: build, add, remove, import, info, export.
+    /// Image search indexes: build, add, remove, import, info, export, optimize, merge, upgrade.
     Index(index::IndexArgs),
     /// Search an index with a (long) text, an image or many queries.
     Search(index::SearchArgs),

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::commit::{start_writing, Change};
 use super::deletes::Deletes;
 use super::hnsw::HnswParams;
-use super::lock::lock;
+use super::lock::{lock_existing, lock_new};
 use super::manifest::Manifest;
 use super::merge::{merge_locked, MergePolicy};
 use super::{Dtype, Entry, Index, ModelInfo, Skipped, MANIFEST, STAGING_DIR};
@@ -98,6 +98,8 @@ pub struct BuildReport {
     pub unchanged: usize,
     /// Live entries after the run.
     pub count: usize,
+    /// Image files this run's part of the folder holds (a shard may hold none).
+    pub files: usize,
     pub skipped_total: usize,
     /// Segments written by this run, and the segments after merging.
     pub segments_written: usize,
@@ -151,7 +153,7 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
     if opts.require_existing && !dir.join(MANIFEST).exists() {
         bail!("{}: no index there (no {MANIFEST}); create one with `longclip index build`", dir.display());
     }
-    let lock = lock(dir)?;
+    let lock = if opts.require_existing { lock_existing(dir)? } else { lock_new(dir)? };
     let existing = match start_writing(dir)? {
         Some(_) => Some(Index::open(dir)?),
         None => None,
@@ -168,6 +170,12 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
         bail!("{}: not a directory", root.display());
     }
     let index_root = existing.as_ref().and_then(|i| i.manifest.root.clone()).unwrap_or_else(|| root.display().to_string());
+    if let Some(index) = &existing {
+        if opts.shard.is_some() && opts.shard != index.manifest.shard {
+            let was = index.manifest.shard.map_or("not a shard".to_string(), |s| format!("shard {}/{}", s.index, s.count));
+            bail!("{}: this index was built as {was}; build other shards into other indexes", dir.display());
+        }
+    }
     let shard = existing.as_ref().map_or(opts.shard, |i| i.manifest.shard.or(opts.shard));
     if let (Some(s), true) = (shard, opts.require_existing) {
         // File numbers shift when files are added, so a shard cannot take new
@@ -179,6 +187,7 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
         );
     }
     let (found, mut extra) = walk(&root, Path::new(&index_root))?;
+    let in_folder = found.len();
     let found: Vec<Found> = match shard {
         Some(s) => {
             if s.index != 0 {
@@ -221,7 +230,7 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
         }
         todo.push(f);
     }
-    if existing.is_none() && found.is_empty() && chunks.is_empty() {
+    if existing.is_none() && in_folder == 0 && chunks.is_empty() {
         bail!("{}: no images found (jpg, jpeg, png, webp, gif, bmp, tif, tiff; searched recursively)", root.display());
     }
     if report.resumed + report.skipped > 0 {
@@ -305,6 +314,7 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
         }
     }
     let manifest = super::read_manifest(dir)?;
+    report.files = found.len();
     report.count = manifest.count;
     report.skipped_total = manifest.skipped_count;
     report.segments = manifest.segments.len();

@@ -26,6 +26,41 @@ pub fn score(a: &[f32], b: &[f32]) -> f32 {
     (SCORE_KERNEL.get_or_init(select_fixed))(&a[..n], &b[..n])
 }
 
+/// A kernel scoring an f32 query against a row of f16 bits.
+type DotF16Fn = fn(&[f32], &[u16]) -> f32;
+
+static SCORE_F16_KERNEL: OnceLock<DotF16Fn> = OnceLock::new();
+
+/// `score(a, b as f32)` for a row stored as IEEE half floats (their bits),
+/// bit-identical to converting the row and calling `score`, without the
+/// converted copy: exact search streams an f16 index through this, so it
+/// runs at the speed of reading the matrix (F16C / AVX-512 conversions in
+/// registers).
+#[inline]
+pub fn score_f16(a: &[f32], b: &[u16]) -> f32 {
+    let n = a.len().min(b.len());
+    (SCORE_F16_KERNEL.get_or_init(select_f16))(&a[..n], &b[..n])
+}
+
+fn select_f16() -> DotF16Fn {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return x86::dot_f16_avx512_checked;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            return x86::dot_f16_avx2_checked;
+        }
+    }
+    dot_f16_converted
+}
+
+/// Converts the row, then `score`'s kernel (the portable path).
+fn dot_f16_converted(a: &[f32], b: &[u16]) -> f32 {
+    let row: Vec<f32> = b.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
+    score(a, &row)
+}
+
 fn select_fixed() -> DotFn {
     #[cfg(target_arch = "x86_64")]
     {
@@ -109,6 +144,85 @@ mod x86 {
     pub(super) fn dot_avx2_fixed(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: `select_fixed` returns this function only when avx2 and fma are present.
         unsafe { dot_avx2::<false>(a, b) }
+    }
+
+    /// Safe entry: only installed after `avx512f` was detected.
+    pub(super) fn dot_f16_avx512_checked(a: &[f32], b: &[u16]) -> f32 {
+        // SAFETY: `select_f16` returns this function only when avx512f is present.
+        unsafe { dot_f16_avx512(a, b) }
+    }
+
+    /// Safe entry: only installed after `avx2`, `fma` and `f16c` were detected.
+    pub(super) fn dot_f16_avx2_checked(a: &[f32], b: &[u16]) -> f32 {
+        // SAFETY: `select_f16` returns this function only when the features are present.
+        unsafe { dot_f16_avx2(a, b) }
+    }
+
+    /// `dot_avx512::<false>` with the row converted from f16 in registers:
+    /// the same lanes, accumulators and order, so the same bits.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_f16_avx512(a: &[f32], b: &[u16]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let load = |i: usize| _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(i) as *const __m256i));
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (j, s) in acc.iter_mut().enumerate() {
+                *s = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16 * j)), load(i + 16 * j), *s);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), load(i), acc[0]);
+            i += 16;
+        }
+        if i < n {
+            let mask: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            let x = _mm512_maskz_loadu_ps(mask, pa.add(i));
+            let y = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, pb.add(i) as *const i16));
+            acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// `dot_avx2::<false>` with the row converted from f16 in registers
+    /// (F16C): the same lanes, accumulators and order, so the same bits.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f16_avx2(a: &[f32], b: &[u16]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let load = |i: usize| _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i) as *const __m128i));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut sum = 0f32;
+        let mut i = 0;
+        while i + 32 <= n {
+            for (j, s) in acc.iter_mut().enumerate() {
+                *s = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * j)), load(i + 8 * j), *s);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), load(i), acc[0]);
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2));
+        sum += _mm_cvtss_f32(s1);
+        while i < n {
+            sum += *pa.add(i) * half::f16::from_bits(*pb.add(i)).to_f32();
+            i += 1;
+        }
+        sum
     }
 
     /// Four 16-lane FMA accumulators (64 floats a step) hide the FMA latency.
@@ -283,6 +397,30 @@ mod tests {
                 // SAFETY: the feature was just detected.
                 check("avx512f", |a, b| unsafe { x86::dot_avx512::<true>(a, b) });
                 check("avx512f fixed", |a, b| unsafe { x86::dot_avx512::<false>(a, b) });
+            }
+        }
+    }
+
+    /// The f16 kernels give the bits of converting the row and calling `score`.
+    #[test]
+    fn score_f16_equals_score_of_the_converted_row() {
+        for n in [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 512, 768, 1024] {
+            let a = values(n, 5);
+            let b: Vec<u16> = values(n, 6).iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
+            let row: Vec<f32> = b.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
+            let want = score(&a, &row).to_bits();
+            assert_eq!(score_f16(&a, &b).to_bits(), want, "dispatched, n = {n}");
+            assert_eq!(dot_f16_converted(&a, &b).to_bits(), want, "converted, n = {n}");
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the feature was just detected.
+                    assert_eq!(unsafe { x86::dot_f16_avx512(&a, &b) }.to_bits(), unsafe { x86::dot_avx512::<false>(&a, &row) }.to_bits(), "avx512, n = {n}");
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+                    // SAFETY: the features were just detected.
+                    assert_eq!(unsafe { x86::dot_f16_avx2(&a, &b) }.to_bits(), unsafe { x86::dot_avx2::<false>(&a, &row) }.to_bits(), "avx2, n = {n}");
+                }
             }
         }
     }

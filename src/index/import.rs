@@ -11,10 +11,10 @@ use half::f16;
 
 use super::commit::{start_writing, Change};
 use super::hnsw::HnswParams;
-use super::lock::lock;
+use super::lock::{lock_existing, lock_new};
 use super::manifest::Manifest;
 use super::merge::{merge_locked, MergePolicy};
-use super::{Dtype, Entry, ModelInfo};
+use super::{Dtype, Entry, ModelInfo, MANIFEST};
 
 pub struct ImportOptions {
     pub embeddings: PathBuf,
@@ -43,7 +43,10 @@ pub fn import(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
 }
 
 fn import_inner(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
-    let lock = lock(dir)?;
+    if opts.append && !dir.join(MANIFEST).exists() {
+        bail!("{}: no index there to append to (drop --append to create one)", dir.display());
+    }
+    let lock = if opts.append { lock_existing(dir)? } else { lock_new(dir)? };
     let current = start_writing(dir)?;
     if current.is_some() && !opts.append {
         bail!("{}: already an index; import writes a new one (remove it first, or add to it with --append)", dir.display());
@@ -55,6 +58,7 @@ fn import_inner(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
     if ids.len() != npy.rows {
         bail!("{} has {} ids but {} has {} rows", opts.ids.display(), ids.len(), opts.embeddings.display(), npy.rows);
     }
+    check_ids(ids, &opts.ids)?;
     let dim = npy.cols;
     if let Some(m) = &opts.model {
         if m.embed_dim != dim {
@@ -64,6 +68,7 @@ fn import_inner(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
     let base = match current {
         Some(m) => {
             check_append(&m, dim, opts, dir)?;
+            check_new_ids(dir, ids)?;
             m
         }
         None => {
@@ -108,9 +113,43 @@ fn import_inner(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
     }
 }
 
+/// The id (path) of each line: blank lines and repeated ids are errors
+/// naming the lines (an id names one entry).
+fn check_ids(ids: &[&str], path: &Path) -> Result<()> {
+    let mut seen = std::collections::HashMap::new();
+    for (i, line) in ids.iter().enumerate() {
+        let id = line.split('\t').next().unwrap_or("");
+        if id.trim().is_empty() {
+            bail!("{}:{}: empty id", path.display(), i + 1);
+        }
+        if let Some(first) = seen.insert(id, i) {
+            bail!("{}:{}: id '{id}' repeats line {} (each id names one entry)", path.display(), i + 1, first + 1);
+        }
+    }
+    Ok(())
+}
+
+/// Appended ids must not be in the index already.
+fn check_new_ids(dir: &Path, ids: &[&str]) -> Result<()> {
+    let index = super::Index::open(dir)?;
+    let wanted: std::collections::HashSet<&str> = ids.iter().map(|l| l.split('\t').next().unwrap_or("")).collect();
+    for (_, e) in index.live_entries()? {
+        if wanted.contains(e.path.as_str()) {
+            bail!("{}: id '{}' is in the index already (id {}); remove it first to replace it", dir.display(), e.path, e.id);
+        }
+    }
+    Ok(())
+}
+
 fn check_append(m: &Manifest, dim: usize, opts: &ImportOptions, dir: &Path) -> Result<()> {
     if m.dim != dim {
         bail!("{}: the index holds {}-d embeddings, {} has {dim}-d rows", dir.display(), m.dim, opts.embeddings.display());
+    }
+    if opts.dtype != m.dtype {
+        eprintln!("warning: {}: the index stores {}; the appended rows are stored as {} too", dir.display(), m.dtype.name(), m.dtype.name());
+    }
+    if opts.model.is_none() && m.model.fingerprint.is_some() {
+        eprintln!("warning: {}: the index records its model ({}); without --model nothing checks that these embeddings come from it", dir.display(), m.model.path.as_deref().unwrap_or("?"));
     }
     if let (Some(a), Some(b)) = (opts.model.as_ref().and_then(|x| x.fingerprint.as_ref()), &m.model.fingerprint) {
         if a != b {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::LOCK_FILE;
+use super::{LOCK_FILE, MANIFEST, SEGMENTS_DIR, STAGING_DIR};
 
 /// Held while a process writes the index. The kernel drops it when the
 /// process dies, however it dies, so a killed build never blocks the next.
@@ -14,9 +14,41 @@ pub struct Lock {
     _file: File,
 }
 
-/// Takes the lock, creating the index directory; a second writer gets an
-/// error naming the holder's pid.
-pub fn lock(dir: &Path) -> Result<Lock> {
+/// Takes the lock of an index that exists (it has a manifest, or an
+/// interrupted build's staging); errors, creating nothing, otherwise. A
+/// second writer gets an error naming the holder's pid.
+pub fn lock_existing(dir: &Path) -> Result<Lock> {
+    if !dir.is_dir() {
+        bail!("{}: no such index (directory not found)", dir.display());
+    }
+    if !dir.join(MANIFEST).exists() && !dir.join(STAGING_DIR).exists() {
+        bail!("{}: not a longclip index (no {MANIFEST})", dir.display());
+    }
+    lock(dir)
+}
+
+/// Takes the lock of an index to create or write: the directory is created
+/// when missing, and a non-empty directory that is not an index (a photo
+/// folder given by mistake) is refused. A second writer gets an error naming
+/// the holder's pid.
+pub fn lock_new(dir: &Path) -> Result<Lock> {
+    if dir.is_dir() && !dir.join(MANIFEST).exists() {
+        let foreign = std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot list", dir.display()))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            // What a build that died before its first commit leaves.
+            .find(|name| ![LOCK_FILE, STAGING_DIR, SEGMENTS_DIR].contains(&name.as_str()) && !name.starts_with('.') && !(name.starts_with("skipped-") && name.ends_with(".jsonl")));
+        if let Some(name) = foreign {
+            bail!("{}: exists and is not a longclip index (it holds {name}); give a new or empty directory", dir.display());
+        }
+    } else if dir.exists() && !dir.is_dir() {
+        bail!("{}: exists and is not a directory", dir.display());
+    }
+    lock(dir)
+}
+
+fn lock(dir: &Path) -> Result<Lock> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the index directory", dir.display()))?;
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()

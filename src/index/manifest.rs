@@ -130,7 +130,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let hint = if dir.join(STAGING_DIR).exists() { "; an interrupted build is staged there: rerun `longclip index build` to finish it" } else { "" };
+            let hint = if dir.join(STAGING_DIR).exists() { "; a build is running there or was interrupted: when none runs, rerun the same `longclip index build` to finish it" } else { "" };
             bail!("{}: not a longclip index (no {MANIFEST}){hint}", dir.display())
         }
         Err(e) => bail!("{}: cannot read: {e}", path.display()),

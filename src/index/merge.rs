@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use super::commit::{start_writing, Change};
-use super::lock::{lock, Lock};
+use super::lock::{lock_existing, lock_new, Lock};
 use super::manifest::{Manifest, SegmentMeta};
 use super::reader::Index;
 use super::segment::{segment_dir, sync_dir, write_deletes};
@@ -109,7 +109,7 @@ pub(crate) fn merge_locked(dir: &Path, _lock: &Lock, policy: &MergePolicy, progr
 
 /// Takes the lock and runs the policy's merges.
 pub fn maybe_merge(dir: &Path, policy: &MergePolicy, progress: bool) -> Result<MergeReport> {
-    let lock = lock(dir)?;
+    let lock = lock_existing(dir)?;
     if start_writing(dir)?.is_none() {
         bail!("{}: not a longclip index (no manifest)", dir.display());
     }
@@ -127,7 +127,7 @@ fn optimize_inner(dir: &Path, max_segments: usize, progress: bool) -> Result<Mer
     if max_segments == 0 {
         bail!("--max-segments must be at least 1");
     }
-    let _lock = lock(dir)?;
+    let _lock = lock_existing(dir)?;
     if start_writing(dir)?.is_none() {
         bail!("{}: not a longclip index (no manifest)", dir.display());
     }
@@ -209,14 +209,22 @@ fn merge_indexes_inner(sources: &[PathBuf], dst: &Path, policy: Option<&MergePol
     let dst_abs = super::absolute_path(dst);
     let mut locks = Vec::new();
     let mut opened = Vec::new();
+    let mut seen = HashSet::new();
     for src in sources {
-        if super::absolute_path(src) == dst_abs {
+        let abs = super::absolute_path(src);
+        if abs == dst_abs {
             bail!("{}: an index cannot be merged into itself", src.display());
         }
-        locks.push(lock(src)?);
+        if !seen.insert(abs) {
+            bail!("{}: given twice", src.display());
+        }
+        locks.push(lock_existing(src)?);
+        if src.join(super::STAGING_DIR).exists() {
+            bail!("{}: has an unfinished build (staging/); finish it by rerunning the same `longclip index build` command, then merge", src.display());
+        }
         opened.push(Index::open(src)?);
     }
-    let dst_lock = lock(dst)?;
+    let dst_lock = lock_new(dst)?;
     let base = match start_writing(dst)? {
         Some(m) => m,
         None => {

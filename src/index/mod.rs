@@ -36,11 +36,11 @@ use serde::{Deserialize, Serialize};
 pub use build::{build, BuildOptions, BuildReport, Shard, CRASH_AFTER_CHUNKS_ENV, DEFAULT_SEGMENT_ROWS};
 pub use commit::CRASH_AT_ENV;
 pub use deletes::Deletes;
-pub use distance::{dot, score, UnitDot};
+pub use distance::{dot, score, score_f16, UnitDot};
 pub use export::export;
 pub use hnsw::{Graph, HnswInfo, HnswParams};
 pub use import::{import, npy_header, read_npy, ImportOptions};
-pub use lock::{lock, Lock};
+pub use lock::{lock_existing, lock_new, Lock};
 pub use manifest::{read_manifest, Manifest, SegmentMeta};
 pub use merge::{maybe_merge, merge_indexes, optimize, plan_merge, MergePolicy, MergeReport};
 pub use reader::{Index, LiveIndex};
@@ -138,13 +138,19 @@ pub fn absolute_path(p: &Path) -> PathBuf {
     std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// An entry path joined to the index root when relative.
+/// An entry path joined to the index root when relative; URLs (`scheme://`,
+/// as imports may hold) are left as they are.
 pub fn resolve(root: Option<&str>, path: &str) -> PathBuf {
     let p = Path::new(path);
     match root {
-        Some(root) if p.is_relative() => Path::new(root).join(p),
+        Some(root) if p.is_relative() && !is_url(path) => Path::new(root).join(p),
         _ => p.to_path_buf(),
     }
+}
+
+/// `https://...`, `s3://...`: an id that names no local file.
+pub fn is_url(path: &str) -> bool {
+    path.split_once("://").is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c)))
 }
 
 /// Memory-maps a file read-only; None for an empty file (mmap refuses length 0).

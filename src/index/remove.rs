@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::commit::{start_writing, Change};
 use super::deletes::Deletes;
-use super::lock::lock;
+use super::lock::lock_existing;
 use super::reader::Index;
 
 /// Which entries to drop.
@@ -40,7 +40,7 @@ pub fn remove(dir: &Path, selection: &Selection, progress: bool) -> Result<Remov
 
 fn remove_inner(dir: &Path, selection: &Selection, _progress: bool) -> Result<RemoveReport> {
     let start = std::time::Instant::now();
-    let _lock = lock(dir)?;
+    let _lock = lock_existing(dir)?;
     start_writing(dir)?;
     let index = Index::open(dir)?;
     let mut dropped: Vec<usize> = Vec::new();
@@ -60,7 +60,8 @@ fn remove_inner(dir: &Path, selection: &Selection, _progress: bool) -> Result<Re
                 matched_paths.insert(p.clone());
                 dropped.push(row);
             }
-            if selection.missing && !resolved.exists() {
+            // A URL names no local file: --missing cannot judge it.
+            if selection.missing && !super::is_url(&e.path) && !resolved.exists() {
                 dropped.push(row);
             }
         }

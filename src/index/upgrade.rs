@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::commit::{collect_garbage, Change};
 use super::hnsw::HnswParams;
-use super::lock::lock;
+use super::lock::lock_existing;
 use super::manifest::{Manifest, SegmentMeta};
 use super::segment::{build_graph, segment_dir, sync_dir};
 use super::{read_jsonl, Dtype, ModelInfo, Skipped, DEFAULT_SEGMENT_ROWS, MANIFEST, SEGMENTS_DIR};
@@ -51,7 +51,7 @@ pub fn upgrade(dir: &Path, progress: bool) -> Result<Manifest> {
 }
 
 fn upgrade_inner(dir: &Path, progress: bool) -> Result<Manifest> {
-    let _lock = lock(dir)?;
+    let _lock = lock_existing(dir)?;
     let path = dir.join(MANIFEST);
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: not a longclip index (cannot read {MANIFEST})", dir.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: corrupt index manifest", path.display()))?;
