@@ -17,28 +17,6 @@ fn model() -> PathBuf {
     fixture("tiny-longclip.pt")
 }
 
-/// A picture that differs by `seed`: two colour gradients and a square.
-fn picture(seed: u32, size: u32) -> image::RgbImage {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        (x % 256) as u8
-    };
-    let (a, b, c, d) = (next(), next(), next(), next());
-    let (sx, sy, sw) = (next() as u32 % size, next() as u32 % size, size / 4 + next() as u32 % (size / 2));
-    image::RgbImage::from_fn(size, size, |i, j| {
-        if i >= sx && i < sx + sw && j >= sy && j < sy + sw {
-            image::Rgb([d, 255 - a, b])
-        } else {
-            let t = (i * 255 / size) as u8;
-            let u = (j * 255 / size) as u8;
-            image::Rgb([a.wrapping_add(t / 2), b.wrapping_add(u / 2), c ^ (t / 4)])
-        }
-    })
-}
-
 /// `n` images in nested folders, PNG and JPEG, extensions in mixed case.
 fn make_images(dir: &Path, n: u32, first_seed: u32) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -55,15 +33,6 @@ fn make_images(dir: &Path, n: u32, first_seed: u32) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-fn info_json(index: &Path) -> serde_json::Value {
-    serde_json::from_slice(&ok(&["index", "info", "--index", s(index), "--json"]).stdout).unwrap()
-}
-
-fn search_json(args: &[&str]) -> Vec<serde_json::Value> {
-    let out = ok(args);
-    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Brute force in f64 over the index's own stored rows: (row, score), best first.
@@ -602,30 +571,6 @@ fn a_full_disk_fails_the_write_and_keeps_the_previous_index() {
     // With room again, the same command finishes the job.
     ok(&["index", "add", "--index", s(&index)]);
     assert_eq!(Index::open(&index).unwrap().len(), 66);
-}
-
-/// Clustered unit vectors, as real embeddings are (a few topics, spread).
-fn clustered(n: usize, d: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-    };
-    let centers: Vec<Vec<f32>> = (0..5).map(|_| (0..d).map(|_| next()).collect()).collect();
-    let mut out = Vec::with_capacity(n * d);
-    for i in 0..n {
-        for j in 0..d {
-            out.push(centers[i % 5][j] + 0.3 * next());
-        }
-    }
-    out
-}
-
-fn write_npy_f32(path: &Path, data: &[f32], rows: usize, cols: usize) {
-    let t = Tensor::from_vec(data.to_vec(), (rows, cols), &candle_core::Device::Cpu).unwrap();
-    t.write_npy(path).unwrap();
 }
 
 #[test]

@@ -14,7 +14,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use candle_core::Tensor;
 use common::*;
 use longclip::index::{plan_merge, Dtype, Index, MergePolicy, SegmentMeta};
 use longclip::search::{self, Options};
@@ -40,28 +39,6 @@ fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("runs")
 }
 
-/// A picture that differs by `seed` (as tests/index.rs draws them).
-fn picture(seed: u32, size: u32) -> image::RgbImage {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        (x % 256) as u8
-    };
-    let (a, b, c, d) = (next(), next(), next(), next());
-    let (sx, sy, sw) = (next() as u32 % size, next() as u32 % size, size / 4 + next() as u32 % (size / 2));
-    image::RgbImage::from_fn(size, size, |i, j| {
-        if i >= sx && i < sx + sw && j >= sy && j < sy + sw {
-            image::Rgb([d, 255 - a, b])
-        } else {
-            let t = (i * 255 / size) as u8;
-            let u = (j * 255 / size) as u8;
-            image::Rgb([a.wrapping_add(t / 2), b.wrapping_add(u / 2), c ^ (t / 4)])
-        }
-    })
-}
-
 /// `n` PNG images `img{seed}.png` directly in `dir`, sorted.
 fn make_images(dir: &Path, n: u32, first_seed: u32) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).unwrap();
@@ -74,35 +51,6 @@ fn make_images(dir: &Path, n: u32, first_seed: u32) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-/// Deterministic values in [-0.5, 0.5).
-fn noise(seed: u64) -> impl FnMut() -> f32 {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-    }
-}
-
-/// Clustered vectors, as real embeddings are (a few topics, spread).
-fn clustered(n: usize, d: usize, seed: u64) -> Vec<f32> {
-    let mut next = noise(seed);
-    let centers: Vec<Vec<f32>> = (0..5).map(|_| (0..d).map(|_| next()).collect()).collect();
-    let mut out = Vec::with_capacity(n * d);
-    for i in 0..n {
-        for c in &centers[i % 5] {
-            out.push(c + 0.3 * next());
-        }
-    }
-    out
-}
-
-fn write_npy_f32(path: &Path, data: &[f32], rows: usize, cols: usize) {
-    let t = Tensor::from_vec(data.to_vec(), (rows, cols), &candle_core::Device::Cpu).unwrap();
-    t.write_npy(path).unwrap();
 }
 
 /// Writes `data` ([n, d]) and `n` ids (`{prefix}{i}.jpg`) next to `index`
@@ -118,15 +66,6 @@ fn import(index: &Path, data: &[f32], d: usize, prefix: &str, extra: &[&str]) ->
     let mut args = vec!["index", "import", "--embeddings", s(&npy), "--ids", s(&ids), "--index", s(index)];
     args.extend_from_slice(extra);
     ok(&args)
-}
-
-fn info_json(index: &Path) -> serde_json::Value {
-    serde_json::from_slice(&ok(&["index", "info", "--index", s(index), "--json"]).stdout).unwrap()
-}
-
-fn search_json(args: &[&str]) -> Vec<serde_json::Value> {
-    let out = ok(args);
-    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn normalized(v: &[f32]) -> Vec<f32> {

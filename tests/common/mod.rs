@@ -91,3 +91,67 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     let d = (a.to_dtype(candle_core::DType::F32).unwrap() - b.to_dtype(candle_core::DType::F32).unwrap()).unwrap();
     d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
+
+// ---------------------------------------------------------------------------
+// Index tests (tests/index.rs, tests/segments.rs)
+
+/// A picture that differs by `seed`: two colour gradients and a square.
+pub fn picture(seed: u32, size: u32) -> image::RgbImage {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        (x % 256) as u8
+    };
+    let (a, b, c, d) = (next(), next(), next(), next());
+    let (sx, sy, sw) = (next() as u32 % size, next() as u32 % size, size / 4 + next() as u32 % (size / 2));
+    image::RgbImage::from_fn(size, size, |i, j| {
+        if i >= sx && i < sx + sw && j >= sy && j < sy + sw {
+            image::Rgb([d, 255 - a, b])
+        } else {
+            let t = (i * 255 / size) as u8;
+            let u = (j * 255 / size) as u8;
+            image::Rgb([a.wrapping_add(t / 2), b.wrapping_add(u / 2), c ^ (t / 4)])
+        }
+    })
+}
+
+pub fn info_json(index: &Path) -> serde_json::Value {
+    serde_json::from_slice(&ok(&["index", "info", "--index", s(index), "--json"]).stdout).unwrap()
+}
+
+pub fn search_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = ok(args);
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Deterministic values in [-0.5, 0.5) (xorshift).
+pub fn noise(seed: u64) -> impl FnMut() -> f32 {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    }
+}
+
+/// Clustered vectors, as real embeddings are (a few topics, spread).
+pub fn clustered(n: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut next = noise(seed);
+    let centers: Vec<Vec<f32>> = (0..5).map(|_| (0..d).map(|_| next()).collect()).collect();
+    let mut out = Vec::with_capacity(n * d);
+    for i in 0..n {
+        for c in &centers[i % 5] {
+            out.push(c + 0.3 * next());
+        }
+    }
+    out
+}
+
+pub fn write_npy_f32(path: &Path, data: &[f32], rows: usize, cols: usize) {
+    let t = Tensor::from_vec(data.to_vec(), (rows, cols), &candle_core::Device::Cpu).unwrap();
+    t.write_npy(path).unwrap();
+}
+
