@@ -1238,5 +1238,5 @@ fn mistakes_get_clear_errors_and_touch_nothing() {
     let queries = work.join("q.txt");
     std::fs::write(&queries, "a red square\n \nblue\n").unwrap();
     let err = fails(&["search", "--index", s(&full), "--queries", s(&queries)]);
-    assert!(err.contains("query 1 (0-based) is empty"), "{err}");
+    assert!(err.contains("query 2 of 3 is empty"), "{err}");
 }

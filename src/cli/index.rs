@@ -253,6 +253,11 @@ pub struct ServeArgs {
     device: String,
 }
 
+/// "1 segment", "2 segments".
+fn count(n: usize, word: &str) -> String {
+    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
+}
+
 /// A count that must be at least 1.
 fn positive(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {
@@ -271,12 +276,12 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
         IndexCommand::Info { index, json } => info(&index, json),
         IndexCommand::Optimize { index, max_segments } => {
             let r = index::optimize(&index, max_segments, true)?;
-            eprintln!("merged {} segments ({} rows, {} deleted rows dropped) in {:.2} s -> {}: {} segments", r.segments_merged, r.rows, r.dropped, r.seconds, index.display(), r.segments);
+            eprintln!("merged {} ({} rows, {} deleted rows dropped) in {:.2} s -> {}: {}", count(r.segments_merged, "segment"), r.rows, r.dropped, r.seconds, index.display(), count(r.segments, "segment"));
             Ok(())
         }
         IndexCommand::Merge { sources, into, merge } => {
             let r = index::merge_indexes(&sources, &into, merge.policy().as_ref(), true)?;
-            eprintln!("adopted {} segments ({} rows) from {} indexes in {:.2} s ({:.0} rows/s) -> {}: {} segments", r.segments_merged, r.rows, sources.len(), r.seconds, r.rows as f64 / r.seconds.max(1e-9), into.display(), r.segments);
+            eprintln!("adopted {} ({} rows) from {} in {:.2} s ({:.0} rows/s) -> {}: {}", count(r.segments_merged, "segment"), r.rows, count(sources.len(), "index").replace("indexs", "indexes"), r.seconds, r.rows as f64 / r.seconds.max(1e-9), into.display(), count(r.segments, "segment"));
             Ok(())
         }
         IndexCommand::Upgrade { index } => {
@@ -286,7 +291,7 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
             if was {
                 eprintln!("{}: already format v{}; nothing to do", index.display(), m.format_version);
             } else {
-                eprintln!("{}: upgraded to format v{}: {} segments, {} entries ({:.2} s)", index.display(), m.format_version, m.segments.len(), m.count, start.elapsed().as_secs_f64());
+                eprintln!("{}: upgraded to format v{}: {}, {} ({:.2} s)", index.display(), m.format_version, count(m.segments.len(), "segment"), count(m.count, "entry").replace("entrys", "entries"), start.elapsed().as_secs_f64());
             }
             Ok(())
         }
@@ -313,6 +318,18 @@ fn build(a: BuildArgs) -> Result<()> {
         bail!("{}: not a folder of images", a.images.display());
     }
     if let Ok(m) = index::read_manifest(&a.index) {
+        let given = a.images.canonicalize().ok().map(|p| p.display().to_string());
+        if m.root.is_some() && given != m.root {
+            eprintln!(
+                "warning: {}: the index was built from {}; files of {} are added with absolute paths, and `index add` keeps looking at the first folder",
+                a.index.display(),
+                m.root.as_deref().unwrap_or("?"),
+                a.images.display()
+            );
+        }
+        if let (Some(s), None) = (m.shard, &a.shard) {
+            eprintln!("{}: continuing shard {}/{} of the folder", a.index.display(), s.index, s.count);
+        }
         if a.dtype.is_some() && dtype != m.dtype {
             eprintln!("warning: {}: the index stores {}; --dtype {} applies to new indexes only", a.index.display(), m.dtype.name(), dtype.name());
         }
@@ -400,7 +417,7 @@ fn remove(a: RemoveArgs) -> Result<()> {
     for what in &report.not_found {
         eprintln!("warning: {what}: not in the index");
     }
-    eprintln!("removed {} entries in {:.3} s -> {}: {} entries", report.removed, report.seconds, a.index.display(), report.count);
+    eprintln!("removed {} in {:.3} s -> {}: {}", count(report.removed, "entry").replace("entrys", "entries"), report.seconds, a.index.display(), count(report.count, "entry").replace("entrys", "entries"));
     Ok(())
 }
 
@@ -424,7 +441,7 @@ fn import(a: ImportArgs) -> Result<()> {
     };
     let m = index::import(&a.index, &opts)?;
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("imported {} rows of {} dimensions in {secs:.2} s -> {}: {} entries in {} segments", m.next_id - before_next, m.dim, a.index.display(), m.count, m.segments.len());
+    eprintln!("imported {} of {} dimensions in {secs:.2} s -> {}: {} in {}", count((m.next_id - before_next) as usize, "row"), m.dim, a.index.display(), count(m.count, "entry").replace("entrys", "entries"), count(m.segments.len(), "segment"));
     Ok(())
 }
 
@@ -497,7 +514,11 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
     }
     if let Some(id) = a.like {
         let row = index.row_of_id(id).with_context(|| format!("{}: no entry with id {id}", a.index.display()))?;
+        let start = Instant::now();
         let hits = search::search(&index, &[index.row_vec(row)], &opts)?;
+        if !a.json {
+            eprintln!("searched {} vectors ({}) in {:.1} ms", index.len(), search::method(&index, &opts), start.elapsed().as_secs_f64() * 1000.0);
+        }
         return print_hits(&hits[0], a.json);
     }
     if let Some(path) = &a.vectors {
@@ -558,8 +579,12 @@ fn batch(index: &Index, encoder: &QueryEncoder, path: &Path, out: Option<&Path>,
     if texts.is_empty() {
         bail!("{}: no queries", path.display());
     }
+    let mut texts = texts;
+    while texts.last().is_some_and(|t| t.trim().is_empty()) {
+        texts.pop(); // a file may end in blank lines
+    }
     if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        bail!("{}: query {i} (0-based) is empty", path.display());
+        bail!("{}: query {} of {} is empty", path.display(), i + 1, texts.len());
     }
     let start = Instant::now();
     let queries = encoder.texts(&texts)?;
@@ -579,10 +604,11 @@ fn batch(index: &Index, encoder: &QueryEncoder, path: &Path, out: Option<&Path>,
     }
     let total = start.elapsed().as_secs_f64();
     eprintln!(
-        "{} queries in {total:.2} s (encoding {encoded:.2} s, search {:.3} s, {:.0} queries/s searched)",
+        "{} queries in {total:.2} s (encoding {encoded:.2} s, search {:.3} s, {:.0} queries/s searched, {})",
         texts.len(),
         total - encoded,
-        texts.len() as f64 / (total - encoded).max(1e-9)
+        texts.len() as f64 / (total - encoded).max(1e-9),
+        search::method(index, opts)
     );
     if !truncated.is_empty() {
         eprintln!("warning: {} queries were longer than {ctx} tokens and were truncated", truncated.len());

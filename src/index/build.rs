@@ -145,7 +145,7 @@ type Place = (String, usize);
 /// merges segments by the policy.
 pub fn build(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, opts: &BuildOptions) -> Result<BuildReport> {
     let what = || format!("{}: the build stopped; committed segments and staged chunks are kept, rerun it to resume", dir.display());
-    super::catch_panic(what, || build_inner(dir, model, device, info, opts))?
+    super::lock::cleaning_up(dir, || super::catch_panic(what, || build_inner(dir, model, device, info, opts))?)
 }
 
 fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, opts: &BuildOptions) -> Result<BuildReport> {
@@ -172,8 +172,8 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
     let index_root = existing.as_ref().and_then(|i| i.manifest.root.clone()).unwrap_or_else(|| root.display().to_string());
     if let Some(index) = &existing {
         if opts.shard.is_some() && opts.shard != index.manifest.shard {
-            let was = index.manifest.shard.map_or("not a shard".to_string(), |s| format!("shard {}/{}", s.index, s.count));
-            bail!("{}: this index was built as {was}; build other shards into other indexes", dir.display());
+            let was = index.manifest.shard.map_or("from the whole folder (no --shard)".to_string(), |s| format!("as shard {}/{}", s.index, s.count));
+            bail!("{}: this index was built {was}; build each shard into an index of its own", dir.display());
         }
     }
     let shard = existing.as_ref().map_or(opts.shard, |i| i.manifest.shard.or(opts.shard));

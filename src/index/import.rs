@@ -39,7 +39,7 @@ pub struct ImportOptions {
 /// segments of `segment_rows` rows in one commit.
 pub fn import(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
     let what = || format!("{}: the import stopped; the index is as it was before it", dir.display());
-    super::catch_panic(what, || import_inner(dir, opts))?
+    super::lock::cleaning_up(dir, || super::catch_panic(what, || import_inner(dir, opts))?)
 }
 
 fn import_inner(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {

@@ -79,3 +79,18 @@ fn lock(dir: &Path) -> Result<Lock> {
     let _ = write!(file, "pid {}", std::process::id());
     Ok(Lock { _file: file })
 }
+
+/// Runs a writer that may create `dir`; if it fails and `dir` did not exist
+/// before, removes what the attempt left when that is only the lock file
+/// (a failed first import or merge leaves no folder behind).
+pub(crate) fn cleaning_up<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let existed = dir.exists();
+    let result = f();
+    if result.is_err() && !existed {
+        let only_lock = std::fs::read_dir(dir).map(|l| l.flatten().all(|e| e.file_name() == LOCK_FILE)).unwrap_or(false);
+        if only_lock {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    result
+}

@@ -198,7 +198,7 @@ fn merge_segments(dir: &Path, index: &Index, names: &[String], progress: bool, r
 /// path may be in two of them. Sources are left as they are.
 pub fn merge_indexes(sources: &[PathBuf], dst: &Path, policy: Option<&MergePolicy>, progress: bool) -> Result<MergeReport> {
     let what = || format!("{}: the merge stopped; the index is as it was before it", dst.display());
-    super::catch_panic(what, || merge_indexes_inner(sources, dst, policy, progress))?
+    super::lock::cleaning_up(dst, || super::catch_panic(what, || merge_indexes_inner(sources, dst, policy, progress))?)
 }
 
 fn merge_indexes_inner(sources: &[PathBuf], dst: &Path, policy: Option<&MergePolicy>, progress: bool) -> Result<MergeReport> {
@@ -225,6 +225,7 @@ fn merge_indexes_inner(sources: &[PathBuf], dst: &Path, policy: Option<&MergePol
         opened.push(Index::open(src)?);
     }
     let dst_lock = lock_new(dst)?;
+    let fresh = !dst.join(super::MANIFEST).exists();
     let base = match start_writing(dst)? {
         Some(m) => m,
         None => {
@@ -234,8 +235,10 @@ fn merge_indexes_inner(sources: &[PathBuf], dst: &Path, policy: Option<&MergePol
             empty
         }
     };
+    // Against DST, or against the first source when DST is new.
+    let against = if fresh { sources[0].as_path() } else { dst };
     for src in &opened {
-        check_compatible(&base, dst, &src.manifest, &src.dir)?;
+        check_compatible(&base, against, &src.manifest, &src.dir)?;
     }
     let existing = if base.segments.is_empty() { None } else { Some(Index::open(dst)?) };
     check_disjoint(existing.as_ref(), &opened)?;
