@@ -276,6 +276,9 @@ async fn image(State(state): State<Arc<AppState>>, Path(id): Path<String>, param
     let entry = index.entry(row).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     let path = index.resolve(&entry);
     let served = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, &'static str), ApiError> {
+        if crate::index::is_url(&path.to_string_lossy()) {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "this entry is a URL, not a local file"));
+        }
         let bytes = std::fs::read(&path).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "the image file is gone"))?;
         if let Some(size) = size {
             if let Some(jpeg) = thumbnail(&bytes, size) {

@@ -428,6 +428,11 @@ fn import(a: ImportArgs) -> Result<()> {
     };
     let start = Instant::now();
     let before_next = index::read_manifest(&a.index).map_or(0, |m| m.next_id);
+    if let (true, Ok(m)) = (a.append, index::read_manifest(&a.index)) {
+        if a.graph.params() != m.hnsw {
+            eprintln!("warning: {}: the index keeps its HNSW setting for new segments; the graph options apply to new indexes only", a.index.display());
+        }
+    }
     let opts = ImportOptions {
         embeddings: a.embeddings.clone(),
         ids: a.ids.clone(),
@@ -462,6 +467,8 @@ fn info(dir: &Path, json: bool) -> Result<()> {
             "updated": m.updated,
             "format_version": m.format_version,
             "generation": m.generation,
+            "shard": m.shard,
+            "unfinished_build": dir.join(index::STAGING_DIR).exists(),
             "hnsw": m.hnsw,
             "segments": segments_json(&index),
             "skipped": skipped,
@@ -490,6 +497,9 @@ fn info(dir: &Path, json: bool) -> Result<()> {
     for seg in &m.segments {
         let graph = seg.hnsw.as_ref().map_or("no graph".to_string(), |h| format!("graph built in {:.1} s", h.build_seconds));
         println!("  {}  {} rows, {} deleted, {}, {graph}", seg.name, seg.rows, seg.deleted, seg.dtype.name());
+    }
+    if dir.join(index::STAGING_DIR).exists() {
+        println!("staging     an unfinished build or add (rerun it to finish; `index merge` refuses this index until then)");
     }
     println!("skipped     {}", skipped.len());
     for s in &skipped {
