@@ -27,7 +27,7 @@ enum IndexCommand {
     Build(BuildArgs),
     /// Embed the files that are new or changed (size or mtime) since the index was built.
     Add(AddArgs),
-    /// Drop entries by id or path, or those whose files are gone.
+    /// Delete entries by id or path, or those whose files are gone (deletion bitmaps; optimize drops the rows).
     Remove(RemoveArgs),
     /// Make an index from embeddings computed elsewhere (.npy [N, D] + N ids), without a model.
     Import(ImportArgs),
