@@ -159,70 +159,31 @@ mod x86 {
     }
 
     /// `dot_avx512::<false>` with the row converted from f16 in registers:
-    /// the same lanes, accumulators and order, so the same bits.
+    /// the same summation (`sum_avx512`), so the same bits.
     ///
     /// # Safety
     /// The CPU must support AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot_f16_avx512(a: &[f32], b: &[u16]) -> f32 {
         let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let pb = b.as_ptr();
         let load = |i: usize| _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(i) as *const __m256i));
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 64 <= n {
-            for (j, s) in acc.iter_mut().enumerate() {
-                *s = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16 * j)), load(i + 16 * j), *s);
-            }
-            i += 64;
-        }
-        while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), load(i), acc[0]);
-            i += 16;
-        }
-        if i < n {
-            let mask: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
-            let x = _mm512_maskz_loadu_ps(mask, pa.add(i));
-            let y = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, pb.add(i) as *const i16));
-            acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
-        }
-        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-        _mm512_reduce_add_ps(s)
+        let load_masked = |mask: __mmask16, i: usize| _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, pb.add(i) as *const i16));
+        sum_avx512(a.as_ptr(), n, 0, load, load_masked)
     }
 
     /// `dot_avx2::<false>` with the row converted from f16 in registers
-    /// (F16C): the same lanes, accumulators and order, so the same bits.
+    /// (F16C): the same summation (`sum_avx2`), so the same bits.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_f16_avx2(a: &[f32], b: &[u16]) -> f32 {
         let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let pb = b.as_ptr();
         let load = |i: usize| _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i) as *const __m128i));
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut sum = 0f32;
-        let mut i = 0;
-        while i + 32 <= n {
-            for (j, s) in acc.iter_mut().enumerate() {
-                *s = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * j)), load(i + 8 * j), *s);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), load(i), acc[0]);
-            i += 8;
-        }
-        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2));
-        sum += _mm_cvtss_f32(s1);
-        while i < n {
-            sum += *pa.add(i) * half::f16::from_bits(*pb.add(i)).to_f32();
-            i += 1;
-        }
-        sum
+        let at = |i: usize| half::f16::from_bits(*pb.add(i)).to_f32();
+        sum_avx2(a.as_ptr(), n, 0, load, at)
     }
 
     /// Four 16-lane FMA accumulators (64 floats a step) hide the FMA latency.
@@ -236,33 +197,38 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot_avx512<const PEEL: bool>(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
+        let pb = b.as_ptr();
         // Floats before `b` reaches a 64-byte boundary (f32 pointers are 4-aligned).
         let head = if PEEL { ((64 - (pb as usize & 63)) & 63) / 4 } else { 0 };
+        sum_avx512(a.as_ptr(), n, head, |i| _mm512_loadu_ps(pb.add(i)), |mask, i| _mm512_maskz_loadu_ps(mask, pb.add(i)))
+    }
+
+    /// The AVX-512 summation of every kernel: `load(i)` gives the row's 16
+    /// floats from float `i`, `load_masked(mask, i)` only those the mask
+    /// names (no out-of-bounds access). The first `head` floats go in one
+    /// masked product, then 64 floats a step in four accumulators, 16 a
+    /// step, and a masked tail.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum_avx512(pa: *const f32, n: usize, head: usize, load: impl Fn(usize) -> __m512, load_masked: impl Fn(__mmask16, usize) -> __m512) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = head.min(n);
         if i > 0 {
-            // Masked loads touch only the first `i` floats (no out-of-bounds access).
             let mask: __mmask16 = ((1u32 << i) - 1) as u16;
-            acc[3] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, pa), _mm512_maskz_loadu_ps(mask, pb));
+            acc[3] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, pa), load_masked(mask, 0));
         }
         while i + 64 <= n {
             for (j, s) in acc.iter_mut().enumerate() {
-                let x = _mm512_loadu_ps(pa.add(i + 16 * j));
-                let y = _mm512_loadu_ps(pb.add(i + 16 * j));
-                *s = _mm512_fmadd_ps(x, y, *s);
+                *s = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16 * j)), load(i + 16 * j), *s);
             }
             i += 64;
         }
         while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc[0]);
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), load(i), acc[0]);
             i += 16;
         }
         if i < n {
             let mask: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
-            let x = _mm512_maskz_loadu_ps(mask, pa.add(i));
-            let y = _mm512_maskz_loadu_ps(mask, pb.add(i));
-            acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
+            acc[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, pa.add(i)), load_masked(mask, i), acc[1]);
         }
         let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
         _mm512_reduce_add_ps(s)
@@ -276,24 +242,31 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_avx2<const PEEL: bool>(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let pb = b.as_ptr();
         let head = if PEEL { (((32 - (pb as usize & 31)) & 31) / 4).min(n) } else { 0 };
+        sum_avx2(a.as_ptr(), n, head, |i| _mm256_loadu_ps(pb.add(i)), |i| *pb.add(i))
+    }
+
+    /// The AVX2 summation of every kernel: `load(i)` gives the row's 8
+    /// floats from float `i`, `at(i)` one float. The first `head` floats
+    /// are summed one by one, then 32 a step in four accumulators, 8 a
+    /// step, and a scalar tail.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sum_avx2(pa: *const f32, n: usize, head: usize, load: impl Fn(usize) -> __m256, at: impl Fn(usize) -> f32) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 4];
         let mut sum = 0f32;
         for k in 0..head {
-            sum += *pa.add(k) * *pb.add(k);
+            sum += *pa.add(k) * at(k);
         }
         let mut i = head;
         while i + 32 <= n {
             for (j, s) in acc.iter_mut().enumerate() {
-                let x = _mm256_loadu_ps(pa.add(i + 8 * j));
-                let y = _mm256_loadu_ps(pb.add(i + 8 * j));
-                *s = _mm256_fmadd_ps(x, y, *s);
+                *s = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * j)), load(i + 8 * j), *s);
             }
             i += 32;
         }
         while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), load(i), acc[0]);
             i += 8;
         }
         let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
@@ -303,7 +276,7 @@ mod x86 {
         let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2));
         sum += _mm_cvtss_f32(s1);
         while i < n {
-            sum += *pa.add(i) * *pb.add(i);
+            sum += *pa.add(i) * at(i);
             i += 1;
         }
         sum
