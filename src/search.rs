@@ -156,7 +156,7 @@ fn search_segment(seg: &Segment, queries: &[Vec<f32>], opts: &Options) -> Result
     };
     let ef = beam(seg, opts);
     // A graph node stands for its exact copies: keep it while any is live.
-    let keep = |r: usize| seg.copies(r).iter().any(|&c| !seg.is_deleted(c));
+    let keep = |r: usize| seg.copies(r).any(|c| !seg.is_deleted(c));
     queries
         .par_iter()
         .map(|q| {
@@ -226,6 +226,7 @@ fn exact_dots(seg: &Segment, queries: &[Vec<f32>], k: usize) -> Vec<Vec<(usize, 
         // Safety: f16 is a transparent u16.
         unsafe { std::slice::from_raw_parts(h.as_ptr() as *const u16, h.len()) }
     });
+    let singles = seg.f32_rows().unwrap_or(&[]);
     let tops = (0..blocks)
         .into_par_iter()
         .fold(empty, |mut tops, b| {
@@ -236,7 +237,7 @@ fn exact_dots(seg: &Segment, queries: &[Vec<f32>], k: usize) -> Vec<Vec<(usize, 
                     // converting first), f32 rows read in place.
                     let s = match halves {
                         Some(h) => score_f16(q, &h[r * d..(r + 1) * d]),
-                        None => dot(q, &seg.f32_rows().expect("f16 or f32")[r * d..(r + 1) * d]),
+                        None => dot(q, &singles[r * d..(r + 1) * d]),
                     };
                     top.push(r, s);
                 }

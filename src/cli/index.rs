@@ -253,9 +253,13 @@ pub struct ServeArgs {
     device: String,
 }
 
-/// "1 segment", "2 segments".
-fn count(n: usize, word: &str) -> String {
-    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
+/// "1 segment", "2 segments"; `words` is "segment" or "entry/entries".
+fn count(n: usize, words: &str) -> String {
+    let (one, many) = match words.split_once('/') {
+        Some((one, many)) => (one.to_string(), many.to_string()),
+        None => (words.to_string(), format!("{words}s")),
+    };
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// A count that must be at least 1.
@@ -281,7 +285,7 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
         }
         IndexCommand::Merge { sources, into, merge } => {
             let r = index::merge_indexes(&sources, &into, merge.policy().as_ref(), true)?;
-            eprintln!("adopted {} ({} rows) from {} in {:.2} s ({:.0} rows/s) -> {}: {}", count(r.segments_merged, "segment"), r.rows, count(sources.len(), "index").replace("indexs", "indexes"), r.seconds, r.rows as f64 / r.seconds.max(1e-9), into.display(), count(r.segments, "segment"));
+            eprintln!("adopted {} ({} rows) from {} in {:.2} s ({:.0} rows/s) -> {}: {}", count(r.segments_merged, "segment"), r.rows, count(sources.len(), "index/indexes"), r.seconds, r.rows as f64 / r.seconds.max(1e-9), into.display(), count(r.segments, "segment"));
             Ok(())
         }
         IndexCommand::Upgrade { index } => {
@@ -291,7 +295,7 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
             if was {
                 eprintln!("{}: already format v{}; nothing to do", index.display(), m.format_version);
             } else {
-                eprintln!("{}: upgraded to format v{}: {}, {} ({:.2} s)", index.display(), m.format_version, count(m.segments.len(), "segment"), count(m.count, "entry").replace("entrys", "entries"), start.elapsed().as_secs_f64());
+                eprintln!("{}: upgraded to format v{}: {}, {} ({:.2} s)", index.display(), m.format_version, count(m.segments.len(), "segment"), count(m.count, "entry/entries"), start.elapsed().as_secs_f64());
             }
             Ok(())
         }
@@ -382,7 +386,7 @@ fn summarize(dir: &Path, r: &index::BuildReport) -> Result<()> {
     let done = r.embedded + r.resumed;
     let rate = r.embedded as f64 / r.seconds.max(1e-9);
     eprintln!(
-        "embedded {} images ({} this run, {} resumed), skipped {}, unchanged {} in {:.2} s ({rate:.1} images/s) -> {}: {} entries in {} segment{}, {} skipped in all",
+        "embedded {} images ({} this run, {} resumed), skipped {}, unchanged {} in {:.2} s ({rate:.1} images/s) -> {}: {} entries in {}, {} skipped in all",
         done,
         r.embedded,
         r.resumed,
@@ -391,8 +395,7 @@ fn summarize(dir: &Path, r: &index::BuildReport) -> Result<()> {
         r.seconds,
         dir.display(),
         r.count,
-        r.segments,
-        if r.segments == 1 { "" } else { "s" },
+        count(r.segments, "segment"),
         r.skipped_total
     );
     if !r.committed {
@@ -417,7 +420,7 @@ fn remove(a: RemoveArgs) -> Result<()> {
     for what in &report.not_found {
         eprintln!("warning: {what}: not in the index");
     }
-    eprintln!("removed {} in {:.3} s -> {}: {}", count(report.removed, "entry").replace("entrys", "entries"), report.seconds, a.index.display(), count(report.count, "entry").replace("entrys", "entries"));
+    eprintln!("removed {} in {:.3} s -> {}: {}", count(report.removed, "entry/entries"), report.seconds, a.index.display(), count(report.count, "entry/entries"));
     Ok(())
 }
 
@@ -446,7 +449,7 @@ fn import(a: ImportArgs) -> Result<()> {
     };
     let m = index::import(&a.index, &opts)?;
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("imported {} of {} dimensions in {secs:.2} s -> {}: {} in {}", count((m.next_id - before_next) as usize, "row"), m.dim, a.index.display(), count(m.count, "entry").replace("entrys", "entries"), count(m.segments.len(), "segment"));
+    eprintln!("imported {} of {} dimensions in {secs:.2} s -> {}: {} in {}", count((m.next_id - before_next) as usize, "row"), m.dim, a.index.display(), count(m.count, "entry/entries"), count(m.segments.len(), "segment"));
     Ok(())
 }
 

@@ -38,7 +38,7 @@ pub struct Segment {
     graph: OnceLock<std::result::Result<(Graph, Copies), String>>,
 }
 
-/// Representative row -> every row with the same stored vector (itself first).
+/// Representative row -> the other rows with the same stored vector.
 type Copies = HashMap<usize, Vec<usize>>;
 
 /// The file mapping duplicate rows to the row that stands for them in the graph.
@@ -159,13 +159,15 @@ impl Segment {
         Ok(self.loaded_graph()?.map(|(g, _)| g))
     }
 
-    /// The rows a graph hit on `row` stands for: its exact copies (itself
-    /// included), or just `row`.
-    pub fn copies(&self, row: usize) -> Vec<usize> {
-        match self.loaded_graph() {
-            Ok(Some((_, copies))) => copies.get(&row).cloned().unwrap_or_else(|| vec![row]),
-            _ => vec![row],
-        }
+    /// The rows a graph hit on `row` stands for: `row` and its exact copies.
+    /// Allocates nothing (the filtered graph search asks for every node it
+    /// visits).
+    pub fn copies(&self, row: usize) -> impl Iterator<Item = usize> + '_ {
+        let others = match self.loaded_graph() {
+            Ok(Some((_, copies))) => copies.get(&row).map(Vec::as_slice),
+            _ => None,
+        };
+        std::iter::once(row).chain(others.unwrap_or(&[]).iter().copied())
     }
 
     fn loaded_graph(&self) -> Result<Option<&(Graph, Copies)>> {
@@ -199,7 +201,7 @@ fn read_duplicates(dir: &Path, meta: &SegmentMeta) -> Result<(Copies, usize)> {
         bail!("{}: corrupt index: {DUPLICATES} names a row past the segment's {}", dir.display(), meta.rows);
     }
     for &(row, rep) in &pairs {
-        copies.entry(rep).or_insert_with(|| vec![rep]).push(row);
+        copies.entry(rep).or_default().push(row);
     }
     Ok((copies, pairs.len()))
 }
