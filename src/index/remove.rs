@@ -68,7 +68,11 @@ fn remove_inner(dir: &Path, selection: &Selection, _progress: bool) -> Result<Re
     }
     let mut skipped = index.skipped()?;
     let before = skipped.len();
+    // Only --path names skipped files; ids and --missing leave the list alone.
     skipped.retain(|s| {
+        if selection.paths.is_empty() {
+            return true;
+        }
         let full = super::absolute_path(&super::resolve(index.manifest.root.as_deref(), &s.path));
         let hit = selection.paths.iter().find(|p| **p == s.path || full == super::absolute_path(Path::new(p.as_str())));
         if let Some(p) = hit {
