@@ -256,18 +256,24 @@ impl NpyReader {
     }
 }
 
-/// The `.npy` v1 header for a C-ordered 2-D matrix.
+/// The `.npy` v1 header for a C-ordered 2-D matrix, byte for byte what
+/// `np.save` writes (numpy/lib/_format_impl.py, `_write_array_header` and
+/// `_wrap_header`): the dict, spare spaces so the row count can grow to 21
+/// digits in place, then spaces and a final newline up to a multiple of 64
+/// bytes. When the header already ends on a boundary numpy still adds a
+/// whole 64 bytes of padding, and so do we.
 pub fn npy_header(descr: &str, rows: usize, cols: usize) -> Vec<u8> {
-    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
-    let mut header = dict.into_bytes();
-    // Magic (6) + version (2) + length (2) + header, padded to 64 with '\n' last.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(b' ');
-    }
-    header.push(b'\n');
+    const GROWTH_AXIS_MAX_DIGITS: usize = 21;
+    const ARRAY_ALIGN: usize = 64;
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    header.push_str(&" ".repeat(GROWTH_AXIS_MAX_DIGITS.saturating_sub(rows.to_string().len())));
+    let hlen = header.len() + 1;
+    // Magic (6) + version (2) + length (2).
+    let padlen = ARRAY_ALIGN - (10 + hlen) % ARRAY_ALIGN;
     let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(&header);
+    out.extend_from_slice(&((hlen + padlen) as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend(std::iter::repeat_n(b' ', padlen));
+    out.push(b'\n');
     out
 }
-
