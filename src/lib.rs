@@ -9,7 +9,8 @@
 //! (with [`cache`]) and scores them with [`metrics`], [`reference`] holds the
 //! published numbers and [`plot`] draws the length probe. Search: [`index`]
 //! stores embeddings (exact and HNSW), [`search`] queries them and [`serve`]
-//! is the HTTP API and page. Fine-tuning: [`pcm`] is the loss (with
+//! is the HTTP API and page; [`table`] reads and writes the parquet metadata
+//! tables of clip-retrieval's layout. Fine-tuning: [`pcm`] is the loss (with
 //! [`linalg`] for its PCA) and [`finetune`] the training. [`synth`] generates
 //! the synthetic long-caption scenes of `longclip demo`.
 
@@ -35,4 +36,5 @@ pub mod search;
 pub mod serve;
 pub mod stretch;
 pub mod synth;
+pub mod table;
 pub mod tokenizer;
