@@ -38,7 +38,7 @@ enum IndexCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write clip-retrieval's layout (img_emb/img_emb_0.npy, metadata/metadata_0.csv) for FAISS/autofaiss.
+    /// Write clip-retrieval's layout (img_emb/img_emb_0.npy, metadata/metadata_0.parquet: image_path, id, caption) for FAISS/autofaiss.
     Export {
         #[arg(long)]
         index: PathBuf,
@@ -302,7 +302,7 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
         IndexCommand::Export { index, out } => {
             let index = Index::open(&index)?;
             index::export(&index, &out)?;
-            eprintln!("wrote {} ({} rows, {}) -> {}", "img_emb/img_emb_0.npy + metadata/metadata_0.csv", index.len(), index.manifest.dtype.name(), out.display());
+            eprintln!("wrote {} ({} rows, {}) -> {}", "img_emb/img_emb_0.npy + metadata/metadata_0.parquet", index.len(), index.manifest.dtype.name(), out.display());
             Ok(())
         }
     }
