@@ -11,7 +11,8 @@
 //! stores embeddings (exact and HNSW), [`search`] queries them and [`serve`]
 //! is the HTTP API and page. Scale-out: [`inference`] writes
 //! clip-retrieval's layout (embeddings as `.npy`, metadata as parquet via
-//! [`table`]) from files or webdataset shards, one partition at a time. Fine-tuning: [`pcm`] is the loss (with
+//! [`table`]) from files or webdataset shards, one partition at a time.
+//! Fine-tuning: [`pcm`] is the loss (with
 //! [`linalg`] for its PCA) and [`finetune`] the training. [`synth`] generates
 //! the synthetic long-caption scenes of `longclip demo`.
 
