@@ -249,6 +249,22 @@ fn unsort(parts: Vec<Tensor>, order: &[usize], device: &Device) -> Result<Tensor
     Ok(sorted.index_select(&index, 0)?)
 }
 
+/// Writes features [N, D] atomically in the format `path`'s extension
+/// names: `.json` a JSON array of N arrays of D numbers, `.jsonl` one array
+/// per line (each is what clip-retrieval back's `/knn-service` takes as
+/// `embedding_input`), anything else a float32 `.npy`. JSON numbers are the
+/// shortest text that reads back as the same f32.
+pub fn write_features(features: &Tensor, path: &Path) -> Result<()> {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if ext != "json" && ext != "jsonl" {
+        return write_npy(features, path);
+    }
+    let rows = features.to_dtype(candle_core::DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+    let rows = rows.iter().map(|r| serde_json::to_string(r)).collect::<serde_json::Result<Vec<String>>>()?;
+    let text = if ext == "json" { format!("[{}]\n", rows.join(",\n")) } else { rows.iter().map(|r| format!("{r}\n")).collect() };
+    crate::export::write_atomic(path, text.as_bytes())
+}
+
 /// Writes a float32 `.npy` [N, D] atomically.
 pub fn write_npy(features: &Tensor, path: &Path) -> Result<()> {
     let tmp = crate::export::temp_path(path);

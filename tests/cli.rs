@@ -42,6 +42,31 @@ fn embed_texts_writes_normalized_features_in_input_order() {
     assert_rows_cosine("cli raw", &Tensor::read_npy(&raw).unwrap(), &expected()["longclip.text_features"], 0.9999);
 }
 
+/// `.json` / `.jsonl` out: arrays of f32 (one per text), as clip-retrieval
+/// back's `/knn-service` takes one in `embedding_input`.
+#[test]
+fn embed_writes_json_arrays_for_clip_retrieval_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("q.npy");
+    ok(&["embed", "--model", s(&model()), "--texts", s(&fixture("captions.json")), "--out", s(&npy)]);
+    let want = rows(&Tensor::read_npy(&npy).unwrap());
+    let json = dir.path().join("q.json");
+    ok(&["embed", "--model", s(&model()), "--texts", s(&fixture("captions.json")), "--out", s(&json)]);
+    let got: Vec<Vec<f32>> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let jsonl = dir.path().join("q.jsonl");
+    ok(&["embed", "--model", s(&model()), "--texts", s(&fixture("captions.json")), "--out", s(&jsonl)]);
+    let lines: Vec<Vec<f32>> = std::fs::read_to_string(&jsonl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(got.len(), 24);
+    assert_eq!(lines, got);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.len(), 64);
+        let norm: f64 = g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+        assert!(g.iter().zip(w).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
+    assert!(!dir.path().join("q.json.npy").exists() && std::fs::read(&json).unwrap().starts_with(b"[["));
+}
+
 #[test]
 fn embed_texts_at_77_matches_the_official_truncation() {
     let dir = tempfile::tempdir().unwrap();

@@ -40,7 +40,7 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Embed texts or images into a float32 .npy [N, D] (L2-normalized unless --raw).
+    /// Embed texts or images into a float32 .npy [N, D], or .json/.jsonl arrays (L2-normalized unless --raw).
     Embed(EmbedArgs),
     /// Cosine similarity of every image with every text, as a table.
     Similarity {
@@ -113,6 +113,8 @@ struct EmbedArgs {
     /// A directory (recursive, sorted by path) or a text file with one path per line.
     #[arg(long)]
     images: Option<PathBuf>,
+    /// .npy: float32 [N, D]. .json: an array of N arrays of D floats; .jsonl: one array per line
+    /// (one is clip-retrieval back's /knn-service `embedding_input`).
     #[arg(long)]
     out: PathBuf,
     /// Defaults to the model's positions (248 for Long-CLIP, 77 for CLIP).
@@ -204,7 +206,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         }
         let ctx = args.context_length.unwrap_or(model.text.context_length());
         let out = embedder.embed_texts(&texts, ctx)?;
-        embed::write_npy(&out.features, &args.out)?;
+        embed::write_features(&out.features, &args.out)?;
         let ids: String = (0..texts.len()).map(|i| format!("{i}\n")).collect();
         export::write_atomic(&embed::sidecar(&args.out, "ids.txt"), ids.as_bytes())?;
         eprintln!("{} -> {}", embed::summary("texts", texts.len(), start), args.out.display());
@@ -224,7 +226,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
     if out.paths.is_empty() {
         bail!("none of the {} images could be embedded", paths.len());
     }
-    embed::write_npy(&out.features, &args.out)?;
+    embed::write_features(&out.features, &args.out)?;
     let ids: String = out.paths.iter().map(|p| format!("{}\n", p.display())).collect();
     export::write_atomic(&embed::sidecar(&args.out, "ids.txt"), ids.as_bytes())?;
     eprintln!(
