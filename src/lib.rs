@@ -9,7 +9,10 @@
 //! (with [`cache`]) and scores them with [`metrics`], [`reference`] holds the
 //! published numbers and [`plot`] draws the length probe. Search: [`index`]
 //! stores embeddings (exact and HNSW), [`search`] queries them and [`serve`]
-//! is the HTTP API and page. Fine-tuning: [`pcm`] is the loss (with
+//! is the HTTP API and page. Scale-out: [`inference`] writes
+//! clip-retrieval's layout (embeddings as `.npy`, metadata as parquet via
+//! [`table`]) from files or webdataset shards, one partition at a time.
+//! Fine-tuning: [`pcm`] is the loss (with
 //! [`linalg`] for its PCA) and [`finetune`] the training. [`synth`] generates
 //! the synthetic long-caption scenes of `longclip demo`.
 
@@ -24,6 +27,7 @@ pub mod finetune;
 pub mod jpeg;
 pub mod linalg;
 pub mod index;
+pub mod inference;
 pub mod metrics;
 pub mod model;
 pub mod pcm;
@@ -35,4 +39,5 @@ pub mod search;
 pub mod serve;
 pub mod stretch;
 pub mod synth;
+pub mod table;
 pub mod tokenizer;

@@ -616,12 +616,17 @@ fn import_then_search_and_export_round_trip() {
     for r in [0, 150, 299] {
         assert_eq!(exported[r], opened.row_vec(r));
     }
-    let csv = std::fs::read_to_string(out.join("metadata/metadata_0.csv")).unwrap();
-    let csv_lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(csv_lines.len(), n + 1);
-    assert_eq!(csv_lines[0], "image_path,id,caption");
-    assert_eq!(csv_lines[1], "images/00000.jpg,0,");
-    assert_eq!(csv_lines[3], "http://example.com/2.jpg,2,\"a caption, with \"\"quotes\"\"\"");
+    let meta = longclip::table::read_parquet(&out.join("metadata/metadata_0.parquet")).unwrap();
+    let names: Vec<&str> = meta.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["image_path", "id", "caption"]);
+    assert!(meta.iter().all(|c| c.values.len() == n));
+    use longclip::table::Value;
+    assert_eq!(meta[0].values[0], Value::Text("images/00000.jpg".into()));
+    assert_eq!(meta[1].values[2], Value::Int(2));
+    assert_eq!(meta[2].values[0], Value::Null);
+    assert_eq!(meta[0].values[2], Value::Text("http://example.com/2.jpg".into()));
+    assert_eq!(meta[2].values[2], Value::Text("a caption, with \"quotes\"".into()));
+    assert!(!out.join("metadata/metadata_0.csv").exists());
     let err = fails(&["index", "export", "--index", s(&index), "--out", s(&out)]);
     assert!(err.contains("not empty"), "{err}");
 

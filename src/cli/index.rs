@@ -29,7 +29,7 @@ enum IndexCommand {
     Add(AddArgs),
     /// Delete entries by id or path, or those whose files are gone (deletion bitmaps; optimize drops the rows).
     Remove(RemoveArgs),
-    /// Make an index from embeddings computed elsewhere (.npy [N, D] + N ids), without a model.
+    /// Make an index from embeddings computed elsewhere (.npy [N, D] + N ids, or clip-retrieval's output folder), without a model.
     Import(ImportArgs),
     /// The manifest, the number of entries and the skipped files with reasons.
     Info {
@@ -38,7 +38,7 @@ enum IndexCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write clip-retrieval's layout (img_emb/img_emb_0.npy, metadata/metadata_0.csv) for FAISS/autofaiss.
+    /// Write clip-retrieval's layout (img_emb/img_emb_0.npy, metadata/metadata_0.parquet: image_path, id, caption) for FAISS/autofaiss.
     Export {
         #[arg(long)]
         index: PathBuf,
@@ -176,11 +176,16 @@ struct RemoveArgs {
 #[derive(Args)]
 struct ImportArgs {
     /// A 2-D .npy of float16/32/64 rows (normalized on import).
-    #[arg(long)]
-    embeddings: PathBuf,
+    #[arg(long, required_unless_present = "clip_retrieval", requires = "ids")]
+    embeddings: Option<PathBuf>,
     /// One id (path, URL, ...) per line, row order; `id<TAB>caption` keeps a caption.
-    #[arg(long)]
-    ids: PathBuf,
+    #[arg(long, requires = "embeddings")]
+    ids: Option<PathBuf>,
+    /// clip-retrieval's output folder instead: img_emb/img_emb_{i}.npy (float16/32) and
+    /// metadata/metadata_{i}.parquet (image_path: the id; caption if present), paired by i;
+    /// each partition becomes a segment. text_emb/ (text embeddings) is ignored.
+    #[arg(long, conflicts_with_all = ["embeddings", "ids"], value_name = "DIR")]
+    clip_retrieval: Option<PathBuf>,
     #[arg(long)]
     index: PathBuf,
     #[arg(long, default_value = "f16")]
@@ -302,7 +307,7 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
         IndexCommand::Export { index, out } => {
             let index = Index::open(&index)?;
             index::export(&index, &out)?;
-            eprintln!("wrote {} ({} rows, {}) -> {}", "img_emb/img_emb_0.npy + metadata/metadata_0.csv", index.len(), index.manifest.dtype.name(), out.display());
+            eprintln!("wrote {} ({} rows, {}) -> {}", "img_emb/img_emb_0.npy + metadata/metadata_0.parquet", index.len(), index.manifest.dtype.name(), out.display());
             Ok(())
         }
     }
@@ -436,9 +441,15 @@ fn import(a: ImportArgs) -> Result<()> {
             eprintln!("warning: {}: the index keeps its HNSW setting for new segments; the graph options apply to new indexes only", a.index.display());
         }
     }
+    // Clap makes sure there is a folder or both files.
+    let (embeddings, ids) = match (&a.clip_retrieval, &a.embeddings, &a.ids) {
+        (Some(dir), _, _) => (dir.clone(), dir.clone()),
+        (None, Some(e), Some(i)) => (e.clone(), i.clone()),
+        _ => anyhow::bail!("give --embeddings and --ids, or --clip-retrieval DIR"),
+    };
     let opts = ImportOptions {
-        embeddings: a.embeddings.clone(),
-        ids: a.ids.clone(),
+        embeddings,
+        ids,
         dtype: Dtype::parse(&a.dtype)?,
         hnsw: a.graph.params(),
         model,
@@ -447,7 +458,10 @@ fn import(a: ImportArgs) -> Result<()> {
         segment_rows: a.segment_rows,
         merge: a.merge.policy(),
     };
-    let m = index::import(&a.index, &opts)?;
+    let m = match &a.clip_retrieval {
+        Some(dir) => index::import_clip_retrieval(&a.index, dir, &opts)?,
+        None => index::import(&a.index, &opts)?,
+    };
     let secs = start.elapsed().as_secs_f64();
     eprintln!("imported {} of {} dimensions in {secs:.2} s -> {}: {} in {}", count((m.next_id - before_next) as usize, "row"), m.dim, a.index.display(), count(m.count, "entry/entries"), count(m.segments.len(), "segment"));
     Ok(())

@@ -5,6 +5,7 @@ mod demo;
 mod eval;
 mod finetune;
 mod index;
+mod inference;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -91,6 +92,8 @@ enum Command {
     Index(index::IndexArgs),
     /// Search an index with a (long) text, an image or many queries.
     Search(index::SearchArgs),
+    /// clip-retrieval's `inference` with Long-CLIP: files or webdataset shards -> img_emb/, text_emb/, metadata/ (parquet), in partitions.
+    Inference(inference::InferenceArgs),
     /// Serve an index: a JSON API and a search page.
     Serve(index::ServeArgs),
     /// Encoder and pipeline throughput at the released shapes (random weights), as JSON lines.
@@ -152,6 +155,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Loss(args) => finetune::loss(args),
         Command::Index(args) => index::run_index(args),
         Command::Search(args) => index::run_search(args),
+        Command::Inference(args) => inference::run(args),
         Command::Serve(args) => index::run_serve(args),
         Command::Bench(args) => bench::bench(args),
         Command::Synth(args) => demo::synth(args),

@@ -10,10 +10,13 @@ use super::import::npy_header;
 use super::reader::Index;
 use super::segment::finish_file;
 use super::Dtype;
+use crate::table::{write_parquet, Column, Value};
 
 /// Writes `img_emb/img_emb_0.npy` (live rows in row order, f16 or f32 as
-/// stored) and `metadata/metadata_0.csv` (image_path, id, caption; the same
-/// order) under a temporary name, then renames the folder into place.
+/// stored) and `metadata/metadata_0.parquet` (columns `image_path`: the
+/// full path or URL; `id`: int64; `caption`: string or null; the same
+/// order, as clip-retrieval's pandas writes it) under a temporary name,
+/// then renames the folder into place.
 pub fn export(index: &Index, out: &Path) -> Result<()> {
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{}: already exists and is not empty", out.display());
@@ -55,21 +58,21 @@ fn write_export(index: &Index, dir: &Path) -> Result<()> {
         }
     }
     finish_file(w, &path)?;
-    let path = dir.join("metadata/metadata_0.csv");
-    let mut w = BufWriter::new(File::create(&path).with_context(|| format!("{}: cannot create", path.display()))?);
-    writeln!(w, "image_path,id,caption")?;
-    for (_, e) in index.live_entries()? {
-        let full = index.resolve(&e).display().to_string();
-        writeln!(w, "{},{},{}", csv_field(&full), e.id, csv_field(e.caption.as_deref().unwrap_or("")))?;
-    }
-    finish_file(w, &path)
+    write_metadata(index, &dir.join("metadata/metadata_0.parquet"))
 }
 
-/// RFC 4180 quoting when needed.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+/// The metadata table, one row per live entry in row order.
+fn write_metadata(index: &Index, path: &Path) -> Result<()> {
+    let entries = index.live_entries()?;
+    let mut image_path = Vec::with_capacity(entries.len());
+    let mut id = Vec::with_capacity(entries.len());
+    let mut caption = Vec::with_capacity(entries.len());
+    for (_, e) in entries {
+        image_path.push(Value::Text(index.resolve(&e).display().to_string()));
+        // Ids stay below 2^63: they count rows ever added.
+        id.push(Value::Int(e.id as i64));
+        caption.push(e.caption.map_or(Value::Null, Value::Text));
     }
+    let column = |name: &str, values| Column { name: name.to_string(), values };
+    write_parquet(path, &[column("image_path", image_path), column("id", id), column("caption", caption)])
 }

@@ -43,6 +43,39 @@ pub fn import(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
 }
 
 fn import_inner(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
+    import_parts(dir, opts, || {
+        let (rows, _) = npy_shape(&opts.embeddings)?;
+        let ids_text = std::fs::read_to_string(&opts.ids).with_context(|| format!("{}: cannot read", opts.ids.display()))?;
+        let ids: Vec<&str> = ids_text.lines().collect();
+        let ids = if ids.last() == Some(&"") { &ids[..ids.len() - 1] } else { &ids[..] };
+        if ids.len() != rows {
+            bail!("{} has {} ids but {} has {} rows", opts.ids.display(), ids.len(), opts.embeddings.display(), rows);
+        }
+        check_ids(ids, &opts.ids)?;
+        let rows = ids
+            .iter()
+            .map(|line| match line.split_once('\t') {
+                Some((p, c)) => (p.to_string(), Some(c.to_string())),
+                None => (line.to_string(), None),
+            })
+            .collect();
+        Ok(vec![Part { npy: opts.embeddings.clone(), rows }])
+    })
+}
+
+/// One `.npy` matrix and the id (path) and caption of each of its rows, in
+/// row order; the caller has checked that the counts agree and that the
+/// ids are unique and not empty.
+pub(crate) struct Part {
+    pub npy: PathBuf,
+    pub rows: Vec<(String, Option<String>)>,
+}
+
+/// The import itself: locks the index, then loads the parts (so that a
+/// locked or existing index is reported before the inputs are read) and
+/// writes each part as segments of `opts.segment_rows` rows, all in one
+/// commit. `opts.embeddings` and `opts.ids` are only named in messages.
+pub(crate) fn import_parts(dir: &Path, opts: &ImportOptions, load: impl FnOnce() -> Result<Vec<Part>>) -> Result<Manifest> {
     if opts.append && !dir.join(MANIFEST).exists() {
         bail!("{}: no index there to append to (drop --append to create one)", dir.display());
     }
@@ -51,15 +84,8 @@ fn import_inner(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
     if current.is_some() && !opts.append {
         bail!("{}: already an index; import writes a new one (remove it first, or add to it with --append)", dir.display());
     }
-    let mut npy = NpyReader::open(&opts.embeddings)?;
-    let ids_text = std::fs::read_to_string(&opts.ids).with_context(|| format!("{}: cannot read", opts.ids.display()))?;
-    let ids: Vec<&str> = ids_text.lines().collect();
-    let ids = if ids.last() == Some(&"") { &ids[..ids.len() - 1] } else { &ids[..] };
-    if ids.len() != npy.rows {
-        bail!("{} has {} ids but {} has {} rows", opts.ids.display(), ids.len(), opts.embeddings.display(), npy.rows);
-    }
-    check_ids(ids, &opts.ids)?;
-    let dim = npy.cols;
+    let parts = load()?;
+    let dim = parts_dim(&parts)?;
     if let Some(m) = &opts.model {
         if m.embed_dim != dim {
             bail!("{} has {dim}-d rows but the model embeds in {} dimensions", opts.embeddings.display(), m.embed_dim);
@@ -68,7 +94,7 @@ fn import_inner(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
     let base = match current {
         Some(m) => {
             check_append(&m, dim, opts, dir)?;
-            check_new_ids(dir, ids)?;
+            check_new_ids(dir, parts.iter().flat_map(|p| p.rows.iter().map(|(id, _)| id.as_str())))?;
             m
         }
         None => {
@@ -76,28 +102,28 @@ fn import_inner(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
             Manifest::empty(model, dim, opts.dtype, opts.hnsw, None, opts.segment_rows.max(1))
         }
     };
-    let source = opts.embeddings.display().to_string();
     let per_segment = opts.segment_rows.max(1);
     let manifest = Change::run(dir, &base, |change| {
         let mut row = vec![0f32; dim];
-        for part in ids.chunks(per_segment) {
-            let first = change.manifest.next_id;
-            let mut n = 0u64;
-            change.write_segment(dir, opts.progress, |w| {
-                for id in part {
-                    let i = first - base.next_id + n;
-                    npy.read_row(&mut row)?;
-                    normalize(&mut row).with_context(|| format!("{source}: row {i}"))?;
-                    let (path, caption) = match id.split_once('\t') {
-                        Some((p, c)) => (p, Some(c.to_string())),
-                        None => (*id, None),
-                    };
-                    w.push(&Entry { id: first + n, path: path.to_string(), size: None, mtime: None, caption }, &row)?;
-                    n += 1;
-                }
-                Ok(())
-            })?;
-            change.manifest.next_id = first + n;
+        for part in &parts {
+            let mut npy = NpyReader::open(&part.npy)?;
+            let source = part.npy.display().to_string();
+            let mut i = 0usize;
+            for chunk in part.rows.chunks(per_segment) {
+                let first = change.manifest.next_id;
+                let mut n = 0u64;
+                change.write_segment(dir, opts.progress, |w| {
+                    for (path, caption) in chunk {
+                        npy.read_row(&mut row).with_context(|| format!("{source}: row {i}"))?;
+                        normalize(&mut row).with_context(|| format!("{source}: row {i}"))?;
+                        w.push(&Entry { id: first + n, path: path.clone(), size: None, mtime: None, caption: caption.clone() }, &row)?;
+                        n += 1;
+                        i += 1;
+                    }
+                    Ok(())
+                })?;
+                change.manifest.next_id = first + n;
+            }
         }
         if change.manifest.skipped.is_empty() {
             change.set_skipped(dir, &[])?;
@@ -111,6 +137,27 @@ fn import_inner(dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
         }
         None => Ok(manifest),
     }
+}
+
+/// The common row width of the parts' matrices; an error naming two files
+/// that disagree.
+fn parts_dim(parts: &[Part]) -> Result<usize> {
+    let mut dim: Option<(usize, &Path)> = None;
+    for part in parts {
+        let (_, cols) = npy_shape(&part.npy)?;
+        match dim {
+            Some((d, first)) if d != cols => bail!("{} has {cols}-d rows but {} has {d}-d rows (all parts must agree)", part.npy.display(), first.display()),
+            Some(_) => {}
+            None => dim = Some((cols, &part.npy)),
+        }
+    }
+    dim.map(|(d, _)| d).context("nothing to import (no embeddings)")
+}
+
+/// (rows, cols) from a 2-D `.npy` header; errors name the file.
+pub(crate) fn npy_shape(path: &Path) -> Result<(usize, usize)> {
+    let npy = NpyReader::open(path)?;
+    Ok((npy.rows, npy.cols))
 }
 
 /// The id (path) of each line: blank lines and repeated ids are errors
@@ -130,9 +177,9 @@ fn check_ids(ids: &[&str], path: &Path) -> Result<()> {
 }
 
 /// Appended ids must not be in the index already.
-fn check_new_ids(dir: &Path, ids: &[&str]) -> Result<()> {
+fn check_new_ids<'a>(dir: &Path, ids: impl Iterator<Item = &'a str>) -> Result<()> {
     let index = super::Index::open(dir)?;
-    let wanted: std::collections::HashSet<&str> = ids.iter().map(|l| l.split('\t').next().unwrap_or("")).collect();
+    let wanted: std::collections::HashSet<&str> = ids.collect();
     for (_, e) in index.live_entries()? {
         if wanted.contains(e.path.as_str()) {
             bail!("{}: id '{}' is in the index already (id {}); remove it first to replace it", dir.display(), e.path, e.id);
@@ -256,18 +303,24 @@ impl NpyReader {
     }
 }
 
-/// The `.npy` v1 header for a C-ordered 2-D matrix.
+/// The `.npy` v1 header for a C-ordered 2-D matrix, byte for byte what
+/// `np.save` writes (numpy/lib/_format_impl.py, `_write_array_header` and
+/// `_wrap_header`): the dict, spare spaces so the row count can grow to 21
+/// digits in place, then spaces and a final newline up to a multiple of 64
+/// bytes. When the header already ends on a boundary numpy still adds a
+/// whole 64 bytes of padding, and so do we.
 pub fn npy_header(descr: &str, rows: usize, cols: usize) -> Vec<u8> {
-    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
-    let mut header = dict.into_bytes();
-    // Magic (6) + version (2) + length (2) + header, padded to 64 with '\n' last.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(b' ');
-    }
-    header.push(b'\n');
+    const GROWTH_AXIS_MAX_DIGITS: usize = 21;
+    const ARRAY_ALIGN: usize = 64;
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    header.push_str(&" ".repeat(GROWTH_AXIS_MAX_DIGITS.saturating_sub(rows.to_string().len())));
+    let hlen = header.len() + 1;
+    // Magic (6) + version (2) + length (2).
+    let padlen = ARRAY_ALIGN - (10 + hlen) % ARRAY_ALIGN;
     let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(&header);
+    out.extend_from_slice(&((hlen + padlen) as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend(std::iter::repeat_n(b' ', padlen));
+    out.push(b'\n');
     out
 }
-

@@ -12,6 +12,7 @@
 //! proportional to the number of images is read until it is used.
 
 mod build;
+mod clip_retrieval;
 mod commit;
 mod deletes;
 mod distance;
@@ -34,6 +35,7 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 pub use build::{build, BuildOptions, BuildReport, Shard, CRASH_AFTER_CHUNKS_ENV, DEFAULT_SEGMENT_ROWS};
+pub use clip_retrieval::{import_clip_retrieval, partitions, Partition};
 pub use commit::CRASH_AT_ENV;
 pub use deletes::Deletes;
 pub use distance::{dot, score, score_f16, UnitDot};
