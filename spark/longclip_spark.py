@@ -92,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(clip-retrieval's output layout), with progress and a summary.",
         epilog="The longclip binary must exist at the --longclip path on every worker, and "
         "--input, --model and --output-folder must be the same paths on every worker "
-        "(a shared filesystem). See the module docstring for spark-submit and GPU confs.",
+        "(a shared filesystem); relative paths are taken from the driver's folder. "
+        "See the module docstring for spark-submit and GPU confs.",
     )
     p.add_argument("--longclip", required=True,
                    help="path of the longclip binary; it must exist at this path on EVERY worker")
@@ -119,6 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for kv in args.conf:
         if "=" not in kv:
             p.error(f"--conf {kv!r}: expected KEY=VALUE")
+    # workers do not start in the driver's folder: relative paths are the driver's
+    for name in ("longclip", "input", "output_folder", "model"):
+        setattr(args, name, os.path.abspath(getattr(args, name)))
     return args
 
 

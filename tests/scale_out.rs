@@ -58,7 +58,9 @@ fn unavailable<T>(test: &str, problem: &str) -> Option<T> {
     if std::env::var("LONGCLIP_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
         panic!("{test}: LONGCLIP_REQUIRE_PYTHON=1 but {problem}; .ci/run makes target/pyvenv and sets LONGCLIP_PYTHON to it");
     }
-    eprintln!("\n**********\n*** skipped: {test}: {problem}.\n*** Set LONGCLIP_PYTHON (see .ci/run) to run it.\n**********\n");
+    // straight to stderr, past the test harness' capture: a skip must be seen
+    let loud = format!("\n**********\n*** skipped: {test}: {problem}.\n*** Set LONGCLIP_PYTHON (see .ci/run) to run it.\n**********\n");
+    std::io::Write::write_all(&mut std::io::stderr(), loud.as_bytes()).ok();
     None
 }
 
@@ -284,7 +286,8 @@ fn long_queries(n: usize) -> Vec<String> {
         .map(|i| {
             let len = 30 + (i * 37) % 51;
             let mut q: Vec<String> = (0..len).map(|_| words[(next() % words.len() as u64) as usize].clone()).collect();
-            q[0] = format!("{}{}", q[0][..1].to_uppercase(), &q[0][1..]);
+            let mut first = q[0].chars();
+            q[0] = first.next().into_iter().flat_map(char::to_uppercase).chain(first).collect();
             format!("{}.", q.join(" "))
         })
         .collect()
@@ -372,4 +375,41 @@ fn autofaiss_top1_matches_longclip_search() {
         distinct.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// A task that Spark gave a GPU runs the binary with CUDA_VISIBLE_DEVICES
+/// set to that GPU and `--device cuda`; an explicit `--device` wins. (Spark's
+/// TaskContext is stubbed: no GPU, no cluster needed.)
+#[test]
+fn spark_gpu_task_gets_its_device() {
+    const TEST: &str = "spark_gpu_task_gets_its_device";
+    let Some(python) = python_with(&["pyspark"], TEST) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("fake-longclip");
+    let log = tmp.path().join("calls.txt");
+    std::fs::write(&fake, format!("#!/bin/sh\necho \"CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-unset}} $*\" >> '{}'\n", log.display())).unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let code = r#"
+import sys, types, pyspark
+sys.path.insert(0, sys.argv[1])
+import longclip_spark as ls
+gpus = types.SimpleNamespace(addresses=["3"])
+args = ls.parse_args(["--longclip", sys.argv[2], "--input", "in", "--output-folder", "out", "--model", "m.pt", "--partition-count", "4"])
+plan = {k: v for k, v in vars(args).items() if k not in ("master", "conf", "progress_interval")}
+pyspark.TaskContext.get = staticmethod(lambda: types.SimpleNamespace(resources=lambda: {"gpu": gpus}))
+ls.run_partition(1, plan)
+plan["device"] = "cuda:0"
+ls.run_partition(2, plan)
+pyspark.TaskContext.get = staticmethod(lambda: types.SimpleNamespace(resources=lambda: {}))
+plan["device"] = None
+ls.run_partition(3, plan)
+"#;
+    let out = Command::new(&python).args(["-c", code, s(&script("spark")), s(&fake)]).env_remove("CUDA_VISIBLE_DEVICES").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(calls[0].starts_with("CUDA_VISIBLE_DEVICES=3 inference ") && calls[0].contains("--partition 1 --partition-count 4") && calls[0].ends_with("--device cuda"), "{}", calls[0]);
+    assert!(calls[1].starts_with("CUDA_VISIBLE_DEVICES=3 ") && calls[1].ends_with("--device cuda:0"), "{}", calls[1]);
+    assert!(calls[2].starts_with("CUDA_VISIBLE_DEVICES=unset ") && !calls[2].contains("--device"), "{}", calls[2]);
 }
