@@ -404,7 +404,7 @@ pyspark.TaskContext.get = staticmethod(lambda: types.SimpleNamespace(resources=l
 plan["device"] = None
 ls.run_partition(3, plan)
 "#;
-    let out = Command::new(&python).args(["-c", code, s(&script("spark")), s(&fake)]).env_remove("CUDA_VISIBLE_DEVICES").output().unwrap();
+    let out = Command::new(&python).args(["-c", code, s(&script("spark")), s(&fake)]).env_remove("CUDA_VISIBLE_DEVICES").env("PYTHONDONTWRITEBYTECODE", "1").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let calls = std::fs::read_to_string(&log).unwrap();
     let calls: Vec<&str> = calls.lines().collect();
