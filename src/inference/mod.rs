@@ -77,7 +77,7 @@ pub fn run(model: &LongClip, device: &Device, info: &ModelInfo, opts: &Inference
         model: info.path.clone(),
         model_fingerprint: info.fingerprint.clone(),
         embed_dim: info.embed_dim,
-        input: opts.input.clone(),
+        input: absolute(&opts.input),
         input_format: format!("{:?}", opts.input_format).to_lowercase(),
         partition_count: opts.partition_count,
         enable_text: opts.enable_text,
@@ -110,6 +110,20 @@ pub fn run(model: &LongClip, device: &Device, info: &ModelInfo, opts: &Inference
         reports.push(PartitionReport { partition: index, already_done: false, stats });
     }
     Ok(reports)
+}
+
+/// The input as an absolute path (lexically: a brace pattern is not a
+/// file), so a Spark driver's absolute paths and a shell's relative ones
+/// name the same input.
+fn absolute(input: &str) -> String {
+    let path = std::path::Path::new(input);
+    if path.is_absolute() {
+        return input.to_string();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(path).display().to_string(),
+        Err(_) => input.to_string(),
+    }
 }
 
 fn check(opts: &InferenceOptions) -> Result<()> {
