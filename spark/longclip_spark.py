@@ -23,8 +23,14 @@ Every worker runs the same `longclip` binary, so:
 A failed task raises with its partition number and the last lines of the
 binary's standard error, so Spark's retries (spark.task.maxFailures) apply;
 a retried partition starts again from nothing (longclip skips partitions
-that finished, and only those). The driver exits non-zero if any partition
-failed. Rerunning the same command skips the finished partitions.
+that finished, and only those). The last attempt Spark allows returns its
+failure instead, so the job runs to its end and the summary marks each
+partition finished (stats/{i}.json with "finished": true), FAILED in this
+run, or not finished. The driver then quotes each distinct error once and
+exits non-zero. Rerunning the same command skips the finished partitions;
+the driver suggests it only when some partition finished and the failures
+differ (one error on every failed partition is a setup problem, such as an
+output folder made with another --model, that a rerun would hit again).
 
 Local, no cluster (local[*] unless --master is given):
 
@@ -83,6 +89,7 @@ from collections import deque
 
 STDERR_TAIL = 20  # lines of the binary's stderr kept for a failure message
 FAILURE_MARK = "longclip partition"  # starts every task failure message
+STDERR_HEAD = "last lines of its stderr:"  # then the tail, indented
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -167,8 +174,11 @@ def _die_with_parent() -> None:
 def run_partition(partition: int, plan: dict) -> dict:
     """Runs on an executor: one partition, the binary as a subprocess.
 
-    Raises (so Spark retries and reports it) with the partition number and
-    the tail of the binary's standard error when it fails.
+    When the binary fails, an attempt that Spark may still retry raises (with
+    the partition number and the tail of the binary's standard error), so
+    spark.task.maxFailures applies; the last allowed attempt returns the
+    failure instead ({"partition", "host", "error", "detail"}), so the job
+    goes on and the driver learns the outcome of every partition.
     """
     from pyspark import TaskContext  # executors have pyspark; keep the module importable without it
 
@@ -180,10 +190,19 @@ def run_partition(partition: int, plan: dict) -> dict:
     if "gpu" in resources and resources["gpu"].addresses:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(resources["gpu"].addresses)
         gpu = True
+    attempt = ctx.attemptNumber() if ctx is not None and hasattr(ctx, "attemptNumber") else 0
+    last_attempt = attempt + 1 >= int(plan.get("max_attempts", 1))
+
+    def failed(message: str, detail: str) -> dict:
+        if not last_attempt:
+            raise RuntimeError(message)
+        return {"partition": partition, "host": host, "error": message, "detail": detail}
+
     cmd = longclip_command(plan, partition, gpu)
     if not os.access(cmd[0], os.X_OK):
-        raise RuntimeError(f"{FAILURE_MARK} {partition} failed on {host}: {cmd[0]} is not an executable file "
-                           "there (the longclip binary must exist at that path on every worker)")
+        detail = (f"{cmd[0]} is not an executable file there (the longclip binary must exist at that "
+                  "path on every worker)")
+        return failed(f"{FAILURE_MARK} {partition} failed on {host}: {detail}", detail)
     tail: deque[str] = deque(maxlen=STDERR_TAIL)
     start = time.time()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=subprocess.PIPE,
@@ -196,8 +215,9 @@ def run_partition(partition: int, plan: dict) -> dict:
     if rc != 0:
         lines = "\n".join(f"    {l}" for l in tail) or "    (nothing on stderr)"
         where = f" (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})" if gpu else ""
-        raise RuntimeError(f"{FAILURE_MARK} {partition} failed on {host}{where}: exit code {rc}\n"
-                           f"  command: {' '.join(cmd)}\n  last lines of its stderr:\n{lines}")
+        return failed(f"{FAILURE_MARK} {partition} failed on {host}{where}: exit code {rc}\n"
+                      f"  command: {' '.join(cmd)}\n  {STDERR_HEAD}\n{lines}",
+                      f"exit code {rc}\n{lines}")
     return {"partition": partition, "host": host, "seconds": time.time() - start,
             "gpu": env.get("CUDA_VISIBLE_DEVICES") if gpu else None}
 
@@ -206,7 +226,9 @@ def run_partition(partition: int, plan: dict) -> dict:
 # Progress and summary, from DIR/stats/ (clip-retrieval's logger layout)
 
 def read_stats(output_folder: str) -> dict[int, tuple[bool, dict]]:
-    """partition -> (finished, stats): {i}.json when finished, else wip_{i}.json."""
+    """partition -> (finished, stats): {i}.json when finished, else wip_{i}.json.
+
+    A partition is finished only when {i}.json says "finished": true."""
     folder = os.path.join(output_folder, "stats")
     found: dict[int, tuple[bool, dict]] = {}
     try:
@@ -226,18 +248,27 @@ def read_stats(output_folder: str) -> dict[int, tuple[bool, dict]]:
         except (OSError, ValueError):
             continue  # being rewritten, or removed meanwhile: next poll
         if isinstance(stats, dict):
-            found[part] = (finished, stats)
+            found[part] = (finished and stats.get("finished") is True, stats)
     return found
 
 
-def progress_line(stats: dict[int, tuple[bool, dict]], count: int, start: float, now: float) -> str:
-    mine = {p: s for p, s in stats.items() if p < count}
+def progress_line(stats: dict[int, tuple[bool, dict]], count: int, start: float, now: float,
+                  failed: frozenset[int] | set[int] = frozenset()) -> str:
+    """The progress line; partitions in `failed` (this run's failures) are not done, whatever stats/ holds."""
+    mine = {p: s for p, s in stats.items() if p < count and p not in failed}
     done = sum(1 for finished, _ in mine.values() if finished)
     # samples of this run: a partition finished before it started counts in "done" but not in the rate
     fresh = sum(int(s.get("sample_count", 0)) for _, s in mine.values() if float(s.get("start_time", now)) >= start - 1)
     total = sum(int(s.get("sample_count", 0)) for _, s in mine.values())
     rate = fresh / max(now - start, 1e-9)
-    return f"progress: {done}/{count} partitions done, {total} samples, {rate:.1f} samples/s"
+    line = f"progress: {done}/{count} partitions done, {total} samples, {rate:.1f} samples/s"
+    return line + (f", {len(failed)} failed" if failed else "")
+
+
+def same_progress(a: str, b: str) -> bool:
+    """Two progress lines with the same partitions, samples and failures (the rate aside)."""
+    key = lambda line: [f for i, f in enumerate(line.split(", ")) if i != 2]
+    return key(a) == key(b)
 
 
 class ProgressReader(threading.Thread):
@@ -249,11 +280,14 @@ class ProgressReader(threading.Thread):
         self.stopped = threading.Event()
         self.last = ""
 
-    def poll(self) -> None:
-        line = progress_line(read_stats(self.output_folder), self.count, self.start_time, time.time())
-        if line.split(",")[:2] != self.last.split(",")[:2]:  # partitions or samples moved
+    def show(self, line: str) -> None:
+        """Prints `line` unless the last line printed says the same."""
+        if not same_progress(line, self.last):
             print(line, file=sys.stderr, flush=True)
         self.last = line
+
+    def poll(self) -> None:
+        self.show(progress_line(read_stats(self.output_folder), self.count, self.start_time, time.time()))
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
@@ -264,12 +298,17 @@ class ProgressReader(threading.Thread):
         self.join()
 
 
-def summary(stats: dict[int, tuple[bool, dict]], count: int, start: float, wall: float) -> tuple[str, list[int]]:
-    """The summary table and the partitions not finished."""
+def summary(stats: dict[int, tuple[bool, dict]], count: int, start: float, wall: float,
+            failed: dict[int, dict] | None = None) -> tuple[str, list[int]]:
+    """The summary table and the partitions that neither finished nor failed (never ran)."""
+    failed = failed or {}
     rows = [f"{'partition':>9} {'samples':>9} {'seconds':>9} {'images/s':>9} {'skipped':>9}"]
     missing, samples, fresh = [], 0, 0
     for p in range(count):
         finished, s = stats.get(p, (False, {}))
+        if p in failed:
+            rows.append(f"{p:>9} {'-':>9} {'-':>9} {'-':>9} {'-':>9}  FAILED on {failed[p].get('host', '?')}")
+            continue
         if not finished:
             missing.append(p)
             rows.append(f"{p:>9} {'-':>9} {'-':>9} {'-':>9} {'-':>9}  not finished")
@@ -282,8 +321,9 @@ def summary(stats: dict[int, tuple[bool, dict]], count: int, start: float, wall:
         reasons = s.get("skipped") if isinstance(s.get("skipped"), dict) else {}
         skipped = sum(v for v in reasons.values() if isinstance(v, int))
         rows.append(f"{p:>9} {n:>9} {secs:>9.2f} {rate:>9} {skipped:>9}" + ("  (finished before this run)" if before else ""))
+    done = count - len(missing) - len(failed)
     rows.append(f"{'total':>9} {samples:>9} {wall:>9.2f} {fresh / max(wall, 1e-9):>9.1f} {'':>9}"
-                f"  ({count - len(missing)}/{count} partitions, wall time"
+                f"  ({done}/{count} partitions, wall time"
                 + (f"; {samples - fresh} samples from earlier runs not in the rate)" if fresh != samples else ")"))
     return "\n".join(rows), missing
 
@@ -296,6 +336,75 @@ def failure_messages(error: BaseException) -> list[str]:
         if m.group(0) not in found:
             found.append(m.group(0))
     return found or [text.strip().splitlines()[0] if text.strip() else repr(error)]
+
+
+def failure_of(message: str) -> dict | None:
+    """A failure dict (as run_partition returns) out of one of our task failure messages."""
+    m = re.match(rf"{FAILURE_MARK} (\d+) failed on (\S+?)(?: \(CUDA_VISIBLE_DEVICES=[^)]*\))?: (.*)", message, re.S)
+    if not m:
+        return None
+    rest = m.group(3)
+    code = re.match(r"exit code -?\d+", rest)
+    tail = rest.split(STDERR_HEAD + "\n", 1)
+    detail = f"{code.group(0)}\n{tail[1]}" if code and len(tail) == 2 else rest.split("\n", 1)[0]
+    return {"partition": int(m.group(1)), "host": m.group(2), "error": message, "detail": detail}
+
+
+def failure_key(failure: dict) -> str:
+    """What the binary said, with the partition's own number taken out: equal keys, the same error."""
+    return re.sub(rf"\b(partition) {failure['partition']}\b", r"\1 N", failure.get("detail", failure["error"]))
+
+
+def max_attempts(master: str, conf) -> int:
+    """Attempts Spark gives a task: local[N] gives 1 (local[N,F] gives F); the rest spark.task.maxFailures."""
+    m = re.fullmatch(r"local(?:\[[^,\]]+(?:,\s*(\d+))?\])?", master.strip())
+    if m:
+        return max(int(m.group(1) or 1), 1)
+    try:
+        return max(int(conf.get("spark.task.maxFailures", "4")), 1)
+    except (TypeError, ValueError):
+        return 4
+
+
+def parts(ps) -> str:
+    ps = sorted(ps)
+    return ("partition " if len(ps) == 1 else "partitions ") + ", ".join(map(str, ps))
+
+
+def report_failures(failed: dict[int, dict], missing: list[int], other_errors: list[str], finished: int, n: int) -> None:
+    """The error lines: each distinct error once, then what to do about it."""
+    for message in other_errors:
+        print(f"error: {message}", file=sys.stderr)
+    groups: dict[str, list[dict]] = {}
+    for p in sorted(failed):
+        groups.setdefault(failure_key(failed[p]), []).append(failed[p])
+    for group in groups.values():
+        first = group[0]
+        if len(group) == 1:
+            print(f"error: {first['error']}", file=sys.stderr)
+        else:
+            hosts = sorted({f.get("host", "?") for f in group})
+            # the first one's message, less its "longclip partition P failed on HOST: "
+            said = re.sub(rf"^{FAILURE_MARK} \d+ failed on \S+?(?: \(CUDA_VISIBLE_DEVICES=[^)]*\))?: ", "", first["error"])
+            print(f"error: {parts(f['partition'] for f in group)} failed on {', '.join(hosts)}, all with the same "
+                  f"error (partition {first['partition']}'s shown): {said}", file=sys.stderr)
+    if failed:
+        what = f"{len(failed)} of {n} partitions failed: {', '.join(map(str, sorted(failed)))}"
+        if missing:
+            what += f" ({len(missing)} more did not run: {', '.join(map(str, missing))})"
+        if len(groups) == 1 and (len(failed) > 1 or finished == 0):
+            print(f"error: {what}, {'all ' if len(failed) > 1 else ''}with the error above: most likely a problem with "
+                  "the command, its paths or the output folder, which rerunning as is would hit again; fix it first",
+                  file=sys.stderr)
+        elif finished == 0:
+            print(f"error: {what} and none finished: rerunning as is would most likely fail again; fix the errors "
+                  "above first", file=sys.stderr)
+        else:
+            print(f"error: {what} (errors above); if their cause has passed, rerun the same command to do just those "
+                  "(finished partitions are skipped)", file=sys.stderr)
+    elif missing:
+        print(f"error: {len(missing)} of {n} partitions did not finish: {', '.join(map(str, missing))}; "
+              "rerun the same command to do just those (finished partitions are skipped)", file=sys.stderr)
 
 
 def spark_session(master: str | None, confs: list[str]):
@@ -327,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     spark, made = spark_session(args.master, args.conf)
     sc = spark.sparkContext
     sc.setLogLevel("WARN")
+    plan["max_attempts"] = max_attempts(sc.master, sc.getConf())
     if __name__ != "__main__":  # imported (a notebook): ship run_partition by value, not as a module import
         try:
             from pyspark import cloudpickle
@@ -339,25 +449,29 @@ def main(argv: list[str] | None = None) -> int:
           f"({sc.defaultParallelism} task slots) -> {args.output_folder}", file=sys.stderr, flush=True)
     reader = ProgressReader(args.output_folder, n, start, args.progress_interval)
     reader.start()
-    errors: list[str] = []
+    results: list[dict] = []
+    other_errors: list[str] = []
     try:
-        sc.parallelize(range(n), n).map(lambda i: run_partition(i, plan)).collect()
-    except Exception as e:  # a task failed past spark.task.maxFailures (or the job was cancelled)
-        errors = failure_messages(e)
+        results = sc.parallelize(range(n), n).map(lambda i: run_partition(i, plan)).collect()
+    except Exception as e:  # the job stopped: a task failed in a way we could not catch, or it was cancelled
+        for message in failure_messages(e):
+            failure = failure_of(message)
+            if failure is not None:
+                results.append(failure)
+            else:
+                other_errors.append(message)
     finally:
         reader.stop()
     wall = time.time() - start
     if made:
         spark.stop()
+    failed = {r["partition"]: r for r in results if "error" in r}
     stats = read_stats(args.output_folder)
-    print(progress_line(stats, n, start, time.time()), file=sys.stderr)
-    table, missing = summary(stats, n, start, wall)
+    reader.show(progress_line(stats, n, start, time.time(), set(failed)))  # the last line, unless just printed
+    table, missing = summary(stats, n, start, wall, failed)
     print(table, flush=True)
-    for message in errors:
-        print(f"error: {message}", file=sys.stderr)
-    if errors or missing:
-        print(f"error: {len(missing)} of {n} partitions did not finish: {', '.join(map(str, missing)) or '-'}; "
-              "rerun the same command to do just those", file=sys.stderr)
+    if failed or missing or other_errors:
+        report_failures(failed, missing, other_errors, n - len(failed) - len(missing), n)
         return 1
     return 0
 

@@ -154,6 +154,22 @@ fn stats(dir: &Path, partition: usize) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
+/// The driver on `local[2]` (loopback only, no web UI: nothing listens
+/// beyond this machine), writing to `out`; `args` are the rest.
+fn driver(python: &Path, out: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.arg(script("spark/longclip_spark.py"))
+        .args(["--longclip", env!("CARGO_BIN_EXE_longclip"), "--master", "local[2]", "--progress-interval", "1"])
+        .args(["--output-folder", s(out)])
+        .args(args)
+        .args(["--conf", "spark.ui.enabled=false", "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1"])
+        .env("SPARK_LOCAL_IP", "127.0.0.1")
+        .env("PYSPARK_PYTHON", python)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("PYSPARK_DRIVER_PYTHON");
+    cmd
+}
+
 /// Spark (local[2]) running 3 partitions writes exactly what three
 /// sequential `longclip inference --partition i` runs write, and the driver
 /// prints its summary.
@@ -169,16 +185,11 @@ fn spark_partitions_match_sequential_runs() {
     let model = model();
     let common_args = ["--input", &input, "--input-format", "webdataset", "--model", s(&model), "--enable-text", "--enable-metadata", "--batch-size", "4"];
 
-    let mut cmd = Command::new(&python);
-    cmd.arg(script("spark/longclip_spark.py"))
-        .args(["--longclip", env!("CARGO_BIN_EXE_longclip"), "--master", "local[2]", "--partition-count", "3", "--progress-interval", "1"])
-        .args(["--output-folder", s(&spark_out)])
-        .args(common_args)
-        // loopback only, no web UI: nothing listens beyond this machine
-        .args(["--conf", "spark.ui.enabled=false", "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1"])
-        .env("SPARK_LOCAL_IP", "127.0.0.1")
-        .env("PYSPARK_PYTHON", &python)
-        .env_remove("PYSPARK_DRIVER_PYTHON");
+    // a trailing '/' on the output folder changes nothing
+    let spark_out_slash = format!("{}/", spark_out.display());
+    let mut args = vec!["--partition-count", "3"];
+    args.extend(common_args);
+    let cmd = driver(&python, Path::new(&spark_out_slash), &args);
     let out = run_limited(cmd, Duration::from_secs(240), "longclip_spark.py");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "longclip_spark.py failed:\nstdout:\n{stdout}\nstderr:\n{stderr}");
@@ -195,7 +206,7 @@ fn spark_partitions_match_sequential_runs() {
     let total: u64 = (0..3).map(|p| stats(&spark_out, p)["sample_count"].as_u64().unwrap()).sum();
     assert_eq!(total, 24, "every sample of the 4 shards is embedded once");
     assert!(lines.iter().any(|l| l.split_whitespace().take(2).eq(["total", "24"])), "no total line:\n{stdout}");
-    assert!(stderr.contains("progress: 3/3 partitions done, 24 samples"), "no final progress line:\n{stderr}");
+    assert_eq!(stderr.matches("progress: 3/3 partitions done, 24 samples").count(), 1, "the final progress line, once:\n{stderr}");
     for p in 0..3 {
         assert_eq!(stats(&spark_out, p)["partition_count"], 3);
         assert!(!spark_out.join(format!("stats/wip_{p}.json")).exists(), "wip_{p}.json left behind");
@@ -219,20 +230,33 @@ fn spark_partitions_match_sequential_runs() {
     }
 
     // a rerun skips every finished partition and still prints the summary
-    let mut cmd = Command::new(&python);
-    cmd.arg(script("spark/longclip_spark.py"))
-        .args(["--longclip", env!("CARGO_BIN_EXE_longclip"), "--master", "local[2]", "--partition-count", "3", "--progress-interval", "1"])
-        .args(["--output-folder", s(&spark_out)])
-        .args(common_args)
-        .args(["--conf", "spark.ui.enabled=false", "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1"])
-        .env("SPARK_LOCAL_IP", "127.0.0.1")
-        .env("PYSPARK_PYTHON", &python)
-        .env_remove("PYSPARK_DRIVER_PYTHON");
+    let cmd = driver(&python, &spark_out, &args);
     let again = run_limited(cmd, Duration::from_secs(240), "longclip_spark.py (rerun)");
     let again_out = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success(), "rerun failed:\n{}", String::from_utf8_lossy(&again.stderr));
     assert_eq!(again_out.matches("finished before this run").count(), 3, "{again_out}");
     assert_eq!(outputs(&spark_out), a, "the rerun changed the outputs");
+    assert_eq!(String::from_utf8_lossy(&again.stderr).matches("progress: 3/3 partitions done").count(), 1, "{}", String::from_utf8_lossy(&again.stderr));
+
+    // another model: the binary refuses every partition. They failed (not
+    // "finished before this run"), its error is quoted once, and no rerun
+    // is suggested for an error that would recur.
+    let other = fixture("tiny-clip77.pt");
+    let args: Vec<&str> = args.iter().map(|a| if *a == s(&model) { s(&other) } else { *a }).collect();
+    let refused = run_limited(driver(&python, &spark_out, &args), Duration::from_secs(240), "longclip_spark.py (another model)");
+    let (r_out, r_err) = (String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+    assert!(!refused.status.success(), "another model should fail the job:\n{r_out}\n{r_err}");
+    assert!(!r_out.contains("finished before this run"), "{r_out}");
+    assert_eq!(r_out.matches("FAILED").count(), 3, "{r_out}");
+    assert!(r_out.lines().any(|l| l.split_whitespace().take(2).eq(["total", "0"]) && l.contains("0/3 partitions")), "{r_out}");
+    let report: Vec<&str> = r_err.lines().filter(|l| !l.starts_with("[partition ")).collect(); // the binary's own stderr, echoed
+    let report = report.join("\n");
+    assert_eq!(report.matches("holds partitions made with another model").count(), 1, "the binary's error, quoted once:\n{report}");
+    assert!(report.contains("error: partitions 0, 1, 2 failed on "), "{report}");
+    assert!(report.contains("error: 3 of 3 partitions failed: 0, 1, 2, all with the error above"), "{report}");
+    assert!(!report.contains("rerun the same command"), "no rerun for an error that recurs:\n{report}");
+    assert!(report.contains("progress: 0/3 partitions done, 0 samples") && report.contains("3 failed"), "{report}");
+    assert_eq!(outputs(&spark_out), a, "the refused run changed the outputs");
     eprintln!("{TEST}: spark run {spark_secs:.1} s, whole test {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -250,21 +274,92 @@ fn spark_failure_names_the_partition() {
         picture(i, 32).save(images.join(format!("{i}.png"))).unwrap();
     }
     let missing_model = tmp.path().join("no-such-model.pt");
-    let mut cmd = Command::new(&python);
-    cmd.arg(script("spark/longclip_spark.py"))
-        .args(["--longclip", env!("CARGO_BIN_EXE_longclip"), "--master", "local[1]", "--partition-count", "1"])
-        .args(["--input", s(&images), "--output-folder", s(&tmp.path().join("out")), "--model", s(&missing_model)])
-        .args(["--conf", "spark.ui.enabled=false", "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1"])
-        .env("SPARK_LOCAL_IP", "127.0.0.1")
-        .env("PYSPARK_PYTHON", &python)
-        .env_remove("PYSPARK_DRIVER_PYTHON");
+    let cmd = driver(&python, &tmp.path().join("out"), &["--partition-count", "1", "--input", s(&images), "--model", s(&missing_model)]);
     let out = run_limited(cmd, Duration::from_secs(240), "longclip_spark.py");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a missing model should fail the job");
     let error = stderr.lines().position(|l| l.starts_with("error: longclip partition 0 failed")).unwrap_or_else(|| panic!("no failure line:\n{stderr}"));
     let tail: String = stderr.lines().skip(error).take(8).collect::<Vec<_>>().join("\n");
     assert!(tail.contains("no-such-model.pt"), "the binary's own error should be quoted:\n{tail}");
-    assert!(stderr.contains("1 of 1 partitions did not finish: 0"), "{stderr}");
+    assert!(stderr.contains("error: 1 of 1 partitions failed: 0, with the error above"), "{stderr}");
+    assert!(!stderr.contains("rerun the same command"), "nothing finished: no rerun to suggest:\n{stderr}");
+}
+
+/// The driver's verdict without Spark: a partition is finished only with
+/// "finished": true in stats/{i}.json, a failure of this run wins over an
+/// earlier run's stats, and a rerun is suggested only when some partition
+/// finished and the failures differ (one error on every failed partition is
+/// a configuration problem, quoted once).
+#[test]
+fn spark_driver_tells_failed_from_finished() {
+    const TEST: &str = "spark_driver_tells_failed_from_finished";
+    let Some(python) = python_with(&["pyspark"], TEST) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let code = r#"
+import contextlib, io, json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import longclip_spark as ls
+out = sys.argv[2]
+os.makedirs(os.path.join(out, "stats"))
+start = time.time()
+def write(name, **kw):
+    with open(os.path.join(out, "stats", name), "w") as f:
+        json.dump(dict(sample_count=5, start_time=start - 100, end_time=start - 90, total_duration=10.0, **kw), f)
+write("0.json", finished=True)   # an earlier run's
+write("1.json")                  # no "finished": true
+write("2.json", finished=True)   # an earlier run's, but this run failed it
+write("wip_3.json")
+stats = ls.read_stats(out)
+assert [stats[p][0] for p in range(4)] == [True, False, True, False], stats
+
+def err(p, said, host="w1"):
+    return ls.failure_of(f"longclip partition {p} failed on {host}: exit code 1\n  command: longclip inference --partition {p}\n"
+                         f"  {ls.STDERR_HEAD}\n    error: {said}")
+refused = {p: err(p, "/o: holds partitions made with another model (a.pt); this run uses b.pt") for p in (2, 3)}
+table, missing = ls.summary(stats, 4, start, 1.0, refused)
+rows = table.splitlines()
+assert "(finished before this run)" in rows[1] and "not finished" in rows[2], table
+assert "FAILED on w1" in rows[3] and "FAILED on w1" in rows[4] and "before" not in rows[3], table
+assert missing == [1] and "(1/4 partitions" in rows[5], table
+assert ls.progress_line(stats, 4, start, start + 1, {2, 3}).startswith("progress: 1/4 partitions done, 10 samples")
+
+def report(failed, missing, finished, n):
+    e = io.StringIO()
+    with contextlib.redirect_stderr(e):
+        ls.report_failures(failed, missing, [], finished, n)
+    return e.getvalue()
+
+# one error on every failed partition: quoted once, no rerun
+r = report(refused, [1], 1, 4)
+assert r.count("another model") == 1 and "partitions 2, 3 failed on w1, all with the same error" in r, r
+assert "2 of 4 partitions failed: 2, 3 (1 more did not run: 1), all with the error above" in r and "rerun the same" not in r, r
+# the partition's own number in the error does not make it another error
+same = {p: err(p, f"partition {p}: cannot read /in") for p in (0, 1)}
+assert ls.failure_key(same[0]) == ls.failure_key(same[1])
+# different errors and one partition finished: maybe passing, rerun
+mixed = {1: err(1, "shard 00001.tar: unexpected end of file"), 2: err(2, "No space left on device", "w2")}
+r = report(mixed, [], 2, 4)
+assert r.count("unexpected end of file") == 1 and r.count("No space left") == 1, r
+assert "2 of 4 partitions failed: 1, 2 (errors above); if their cause has passed, rerun the same command" in r, r
+# different errors, none finished: no rerun
+r = report(mixed, [], 0, 2)
+assert "none finished" in r and "rerun the same" not in r, r
+# one failure among finished partitions: a rerun
+r = report({3: mixed[1]}, [], 3, 4)
+assert "1 of 4 partitions failed: 3 (errors above)" in r and "rerun the same command" in r, r
+# nothing failed, some never ran (job stopped): a rerun
+r = report({}, [2], 3, 4)
+assert "1 of 4 partitions did not finish: 2; rerun the same command" in r, r
+# the attempts Spark gives a task
+assert ls.max_attempts("local[2]", {}) == 1 and ls.max_attempts("local[*, 3]", {}) == 3 and ls.max_attempts("local", {}) == 1
+assert ls.max_attempts("yarn", {"spark.task.maxFailures": "6"}) == 6 and ls.max_attempts("spark://h:7077", {}) == 4
+# relative paths made absolute, a trailing '/' dropped
+args = ls.parse_args(["--longclip", "bin/longclip", "--input", "imgs/", "--output-folder", "out//x/", "--model", "./m.pt"])
+assert args.input == os.path.join(os.getcwd(), "imgs") and args.output_folder == os.path.join(os.getcwd(), "out/x"), vars(args)
+assert args.model == os.path.join(os.getcwd(), "m.pt"), vars(args)
+"#;
+    let out = Command::new(&python).args(["-c", code, s(&script("spark")), s(&tmp.path().join("out"))]).env("PYTHONDONTWRITEBYTECODE", "1").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Deterministic long queries (30-80 words) from the fixture captions'
