@@ -83,7 +83,7 @@ fn main() -> Result<()> {
         device_name: "cpu".into(),
     };
     let start = Instant::now();
-    let reports = inference::run(&model, &Device::Cpu, &info, &opts)?;
+    let reports = inference::run(&model, &Device::Cpu, &info, &opts, |_| {})?;
     let t_inf = start.elapsed().as_secs_f64();
     let embedded: usize = reports.iter().map(|r| r.stats.sample_count).sum();
     let read: f64 = reports.iter().map(|r| r.stats.read_duration).sum();

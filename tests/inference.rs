@@ -311,3 +311,69 @@ fn missing_shards_and_foreign_output_folders_are_refused() {
     let e = fails(&["inference", "--input", &input, "--input-format", "webdataset", "--output-folder", s(&out), "--model", &m, "--partition", "1"]);
     assert!(e.contains("out of range"), "{e}");
 }
+
+#[test]
+fn json_fields_keep_file_order_like_json_normalize() {
+    let t = tempfile::tempdir().unwrap();
+    let ds = t.path().join("ds");
+    std::fs::create_dir_all(&ds).unwrap();
+    let json = br#"{"width": 3, "idx": 1, "nested": {"b": 1, "a": 2}, "ok": true, "f": 1.5}"#;
+    write_tar(&ds.join("0.tar"), &[("k.jpg".into(), jpeg(1)), ("k.json".into(), json.to_vec())]);
+    let out = t.path().join("out");
+    infer(&format!("{}/0.tar", ds.display()), &out, &["--enable-metadata"]);
+    let cols = read_parquet(&out.join("metadata/metadata_0.parquet")).unwrap();
+    let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+    // pd.json_normalize([...]).columns on the same object.
+    assert_eq!(names, ["image_path", "width", "idx", "ok", "f", "nested.b", "nested.a"]);
+}
+
+#[test]
+fn the_same_input_spelled_differently_is_the_same_input() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("photos");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.jpg"), jpeg(1)).unwrap();
+    let out = t.path().join("out");
+    let m = model();
+    ok(&["inference", "--input", s(&dir), "--output-folder", s(&out), "--model", &m, "--no-progress"]);
+    let again = format!("{}//./", dir.display());
+    let run = ok(&["inference", "--input", &again, "--output-folder", s(&out), "--model", &m, "--no-progress"]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("already done"));
+}
+
+#[test]
+fn unreadable_shards_are_named_and_a_partition_of_only_those_is_not_marked_done() {
+    let t = tempfile::tempdir().unwrap();
+    let ds = t.path().join("ds");
+    std::fs::create_dir_all(ds.join("00001.tar")).unwrap();
+    std::fs::write(ds.join("00000.tar"), b"").unwrap();
+    let out = t.path().join("out");
+    let m = model();
+    let base = ["inference", "--input-format", "webdataset", "--output-folder", s(&out), "--model", &m, "--no-progress"];
+    let folder = format!("{}/{{00000..00001}}.tar", ds.display());
+    let e = fails(&[&base[..], &["--input", &folder]].concat());
+    assert!(e.contains("00001.tar is a folder"), "{e}");
+    let glob = format!("{}/*.tar", ds.display());
+    let e = fails(&[&base[..], &["--input", &glob]].concat());
+    assert!(e.contains("wildcards are not expanded"), "{e}");
+    let empty = format!("{}/00000.tar", ds.display());
+    let e = fails(&[&base[..], &["--input", &empty]].concat());
+    assert!(e.contains("is empty (0 bytes)") && e.contains("not marked done"), "{e}");
+    assert!(!out.join("stats/0.json").exists());
+}
+
+#[test]
+fn an_imported_inference_folder_keeps_its_model() {
+    let t = tempfile::tempdir().unwrap();
+    let input = dataset(&t.path().join("ds"), 2, 3);
+    let out = t.path().join("out");
+    infer(&input, &out, &["--partition-count", "2"]);
+    let index = t.path().join("index");
+    let other = fixture("tiny-clip77.pt").display().to_string();
+    let e = fails(&["index", "import", "--clip-retrieval", s(&out), "--index", s(&index), "--model", &other]);
+    assert!(e.contains("were made with") && e.contains("drop --model"), "{e}");
+    ok(&["index", "import", "--clip-retrieval", s(&out), "--index", s(&index)]);
+    // The recorded model embeds the query: no --model needed.
+    let found = common::search_json(&["search", "--index", s(&index), "--text", "a coloured square", "-k", "3", "--json"]);
+    assert_eq!(found.len(), 3, "{found:?}");
+}

@@ -69,19 +69,17 @@ pub fn run(a: InferenceArgs) -> Result<()> {
         progress: !a.no_progress,
         device_name: a.device.clone(),
     };
-    let reports = inference::run(&model, &device, &info, &opts)?;
-    for r in &reports {
-        eprintln!("{}", partition_line(r, opts.partition_count));
-    }
+    let reports = inference::run(&model, &device, &info, &opts, |r| eprintln!("{}", partition_line(r, opts.partition_count)))?;
     if reports.len() > 1 {
         let done: Vec<&PartitionReport> = reports.iter().filter(|r| !r.already_done).collect();
         let images: usize = done.iter().map(|r| r.stats.sample_count).sum();
         let skipped: usize = done.iter().map(|r| r.stats.skipped_count).sum();
         let secs = start.elapsed().as_secs_f64();
         eprintln!(
-            "inference: {} partitions ({} already done), {images} images in {secs:.2} s ({:.1} images/s), {skipped} skipped -> {}",
+            "inference: {} partitions ({} already done), {} in {secs:.2} s ({:.1} images/s), {skipped} skipped -> {}",
             reports.len(),
             reports.len() - done.len(),
+            plural(images, "image"),
             images as f64 / secs.max(1e-9),
             opts.output_folder.display()
         );
@@ -92,19 +90,30 @@ pub fn run(a: InferenceArgs) -> Result<()> {
 fn partition_line(r: &PartitionReport, count: usize) -> String {
     let s = &r.stats;
     if r.already_done {
-        return format!("partition {}/{count}: already done ({} images), skipped", r.partition, s.sample_count);
+        return format!("partition {}/{count}: already done ({}), skipped", r.partition, plural(s.sample_count, "image"));
     }
-    let texts = if s.text_count > 0 { format!(" + {} captions", s.text_count) } else { String::new() };
+    let texts = if s.text_count > 0 { format!(" + {}", plural(s.text_count, "caption")) } else { String::new() };
     let mut line = format!(
-        "partition {}/{count}: {} images{texts} in {:.2} s ({:.1} images/s), {} skipped",
-        r.partition, s.sample_count, s.total_duration, s.images_per_second, s.skipped_count
+        "partition {}/{count}: {}{texts} in {:.2} s ({:.1} images/s), {} skipped",
+        r.partition, plural(s.sample_count, "image"), s.total_duration, s.images_per_second, s.skipped_count
     );
     if !s.skipped.is_empty() {
         let why: Vec<String> = s.skipped.iter().map(|(k, n)| format!("{n} {k}")).collect();
         line.push_str(&format!(" ({}; see stats/{}.json)", why.join(", "), r.partition));
     }
+    if !s.shard_errors.is_empty() {
+        line.push_str(&format!(", {} unreadable in part or whole", plural(s.shard_errors.len(), "shard")));
+    }
     if s.truncated_captions > 0 {
         line.push_str(&format!(", {} captions cut to the model's positions", s.truncated_captions));
     }
     line
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }

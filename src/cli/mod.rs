@@ -196,6 +196,10 @@ fn load_model(path: &Path, device: &str, dtype: &str) -> Result<(LongClip, Devic
 }
 
 fn embed(args: EmbedArgs) -> Result<()> {
+    let ext = args.out.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if !["npy", "json", "jsonl"].contains(&ext.as_str()) {
+        eprintln!("warning: {}: not .npy, .json or .jsonl; writing a float32 .npy", args.out.display());
+    }
     let (model, device) = load_model(&args.model, &args.device, &args.dtype)?;
     let embedder = Embedder { model: &model, device, batch_size: args.batch_size, normalize: !args.raw, progress: true };
     let start = Instant::now();

@@ -80,8 +80,34 @@ fn numbered(dir: &Path, prefix: &str, suffix: &str) -> Result<BTreeMap<u64, Path
 /// two rows (both places named), row widths that differ between
 /// partitions; and those of [`super::import`].
 pub fn import_clip_retrieval(index: &Path, source: &Path, opts: &ImportOptions) -> Result<Manifest> {
+    if !source.is_dir() {
+        bail!("{}: no such folder (expected clip-retrieval's layout: img_emb/, metadata/)", source.display());
+    }
+    let opts = &with_recorded_model(source, opts)?;
     let what = || format!("{}: the import stopped; the index is as it was before it", index.display());
     super::lock::cleaning_up(index, || super::catch_panic(what, || import_parts(index, opts, || load(source)))?)
+}
+
+/// A folder written by `longclip inference` names the model that made it
+/// (`longclip-inference.json`): the index records that model, so queries
+/// are embedded by it, and a `--model` with other weights is refused.
+fn with_recorded_model(source: &Path, opts: &ImportOptions) -> Result<ImportOptions> {
+    let Some(record) = crate::inference::Record::read(source)? else { return Ok(opts.clone()) };
+    let recorded = record.model_info();
+    if let Some(given) = &opts.model {
+        if given.fingerprint != recorded.fingerprint {
+            bail!(
+                "{}: its embeddings were made with {} (fingerprint {}), not with --model {} (fingerprint {}); drop --model to take the recorded one",
+                source.display(),
+                recorded.path.as_deref().unwrap_or("?"),
+                recorded.fingerprint.as_deref().unwrap_or("unknown"),
+                given.path.as_deref().unwrap_or("?"),
+                given.fingerprint.as_deref().unwrap_or("unknown")
+            );
+        }
+        return Ok(opts.clone());
+    }
+    Ok(ImportOptions { model: Some(recorded), ..opts.clone() })
 }
 
 /// The parts to import, checked: counts, paths present and unique.

@@ -16,6 +16,7 @@ use super::manifest::Manifest;
 use super::merge::{merge_locked, MergePolicy};
 use super::{Dtype, Entry, ModelInfo, MANIFEST};
 
+#[derive(Clone)]
 pub struct ImportOptions {
     pub embeddings: PathBuf,
     pub ids: PathBuf,

@@ -53,14 +53,20 @@ pub fn list_shards(pattern: &str) -> Result<Vec<PathBuf>> {
         bail!("--input '{pattern}': only local tar files are read; copy or mount the shards first");
     }
     let shards: Vec<PathBuf> = expand_braces(pattern)?.into_iter().map(PathBuf::from).collect();
+    if let Some(dir) = shards.iter().find(|p| p.is_dir()) {
+        bail!("--input '{pattern}': {} is a folder; name the tar files in it, e.g. '{}/{{00000..00099}}.tar'", dir.display(), dir.display());
+    }
+    if pattern.contains(['*', '?', '[']) && shards.iter().any(|p| !p.exists()) {
+        bail!("--input '{pattern}': wildcards are not expanded; name the shards with a brace range, e.g. 'DIR/{{00000..00099}}.tar'");
+    }
     let missing: Vec<&PathBuf> = shards.iter().filter(|p| !p.is_file()).collect();
     if !missing.is_empty() {
         let shown: Vec<String> = missing.iter().take(5).map(|p| p.display().to_string()).collect();
         let more = if missing.len() > 5 { format!(" and {} more", missing.len() - 5) } else { String::new() };
+        let named = if shards.len() == 1 { "1 shard".to_string() } else { format!("{} shards", shards.len()) };
+        let which = if shards.len() == 1 { "which does not exist".to_string() } else { format!("{} of which do not exist", missing.len()) };
         bail!(
-            "--input '{pattern}' names {} shards, {} of which do not exist: {}{more}; fix the range or fetch the shards",
-            shards.len(),
-            missing.len(),
+            "--input '{pattern}' names {named}, {which}: {}{more}; fix the range or fetch the shards",
             shown.join(", ")
         );
     }

@@ -77,11 +77,38 @@ pub struct Record {
     pub model: Option<String>,
     pub model_fingerprint: Option<String>,
     pub embed_dim: usize,
+    #[serde(default)]
+    pub image_size: Option<usize>,
+    #[serde(default)]
+    pub context_length: Option<usize>,
     pub input: String,
     pub input_format: String,
     pub partition_count: usize,
     pub enable_text: bool,
     pub enable_metadata: bool,
+}
+
+impl Record {
+    /// The record of the output folder `dir`, if it has one.
+    pub fn read(dir: &Path) -> Result<Option<Record>> {
+        let path = dir.join(RECORD);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("{}: damaged", path.display()))?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
+        }
+    }
+
+    /// The model as an index manifest records it.
+    pub fn model_info(&self) -> crate::index::ModelInfo {
+        crate::index::ModelInfo {
+            path: self.model.clone(),
+            fingerprint: self.model_fingerprint.clone(),
+            embed_dim: self.embed_dim,
+            image_size: self.image_size,
+            context_length: self.context_length,
+        }
+    }
 }
 
 /// Checks `dir` against `record`: a folder made with another model, input

@@ -70,13 +70,18 @@ pub struct PartitionReport {
 /// an output folder made with another model, input or partition count, an
 /// unwritable folder. Bad samples are not errors: they are skipped and
 /// counted in each partition's stats.
-pub fn run(model: &LongClip, device: &Device, info: &ModelInfo, opts: &InferenceOptions) -> Result<Vec<PartitionReport>> {
+///
+/// `each` sees every partition's report as soon as it is done (or found
+/// done), e.g. to print it.
+pub fn run(model: &LongClip, device: &Device, info: &ModelInfo, opts: &InferenceOptions, mut each: impl FnMut(&PartitionReport)) -> Result<Vec<PartitionReport>> {
     check(opts)?;
     let work = list_work(opts)?;
     let record = Record {
         model: info.path.clone(),
         model_fingerprint: info.fingerprint.clone(),
         embed_dim: info.embed_dim,
+        image_size: info.image_size,
+        context_length: info.context_length,
         input: absolute(&opts.input),
         input_format: format!("{:?}", opts.input_format).to_lowercase(),
         partition_count: opts.partition_count,
@@ -92,7 +97,9 @@ pub fn run(model: &LongClip, device: &Device, info: &ModelInfo, opts: &Inference
     for index in partitions {
         let files = PartitionFiles::new(&opts.output_folder, index, opts.partition_count);
         if let Some(stats) = finished(&files) {
-            reports.push(PartitionReport { partition: index, already_done: true, stats });
+            let report = PartitionReport { partition: index, already_done: true, stats };
+            each(&report);
+            reports.push(report);
             continue;
         }
         let base = Stats {
@@ -107,7 +114,9 @@ pub fn run(model: &LongClip, device: &Device, info: &ModelInfo, opts: &Inference
             || format!("partition {index}: stopped; rerun to redo it"),
             || partition::run(model, device, opts, base, &files, work.part(index, opts.partition_count)),
         )??;
-        reports.push(PartitionReport { partition: index, already_done: false, stats });
+        let report = PartitionReport { partition: index, already_done: false, stats };
+        each(&report);
+        reports.push(report);
     }
     Ok(reports)
 }
@@ -115,15 +124,14 @@ pub fn run(model: &LongClip, device: &Device, info: &ModelInfo, opts: &Inference
 /// The input as an absolute path (lexically: a brace pattern is not a
 /// file), so a Spark driver's absolute paths and a shell's relative ones
 /// name the same input.
+/// `.` parts, doubled and trailing slashes are dropped the same way.
 fn absolute(input: &str) -> String {
     let path = std::path::Path::new(input);
-    if path.is_absolute() {
-        return input.to_string();
-    }
-    match std::env::current_dir() {
-        Ok(cwd) => cwd.join(path).display().to_string(),
-        Err(_) => input.to_string(),
-    }
+    let full = match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => cwd.join(path),
+        _ => path.to_path_buf(),
+    };
+    full.components().collect::<PathBuf>().display().to_string()
 }
 
 fn check(opts: &InferenceOptions) -> Result<()> {
@@ -141,7 +149,7 @@ fn check(opts: &InferenceOptions) -> Result<()> {
 /// A partition's stats if it finished and its files are all there.
 fn finished(files: &PartitionFiles) -> Option<Stats> {
     let stats = Stats::read_finished(&files.stats)?;
-    let present = stats.sample_count == 0 || (files.img_emb.is_file() && files.metadata.is_file());
+    let present = stats.sample_count == 0 || (files.img_emb.is_file() && files.metadata.is_file() && (stats.text_count == 0 || files.text_emb.is_file()));
     present.then_some(stats)
 }
 

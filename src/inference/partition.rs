@@ -108,6 +108,18 @@ pub fn run(model: &LongClip, device: &Device, opts: &InferenceOptions, base: Sta
         }
         return Err(e);
     }
+    if stats.shards > 0 && stats.shard_errors.len() == stats.shards && stats.sample_count == 0 {
+        sink.images.discard();
+        if let Some(t) = sink.texts {
+            t.discard();
+        }
+        anyhow::bail!(
+            "partition {}: none of its {} could be read, so it is not marked done (rerun once they are fixed):\n  {}",
+            stats.partition,
+            if stats.shards == 1 { "1 shard".to_string() } else { format!("{} shards", stats.shards) },
+            stats.shard_errors.join("\n  ")
+        );
+    }
     let write_start = Instant::now();
     publish(sink, opts, files)?;
     stats.write_duration += write_start.elapsed().as_secs_f64();
@@ -310,13 +322,13 @@ fn read_file_sample(s: &FileSample) -> Raw {
 /// image withheld so the sample is skipped as a duplicate.
 fn raw_of(sample: Sample, shard: &str, seen: &mut HashSet<String>) -> Raw {
     let image = if !seen.insert(sample.key.clone()) {
-        Err((reasons::DUPLICATE_KEY, format!("{}: key '{}' already read in this partition; image_path must name one image", shard, sample.key)))
+        Err((reasons::DUPLICATE_KEY, format!("{shard}: sample '{}': the key was already read in this partition; image_path must name one image", sample.key)))
     } else {
         match sample.image() {
-            Some((ext, bytes)) => Ok((format!("{}:{}.{ext}", shard, sample.key), bytes.to_vec())),
+            Some((ext, bytes)) => Ok((format!("{}.{ext}", sample.key), bytes.to_vec())),
             None => {
                 let exts: Vec<&str> = sample.members.iter().map(|(e, _)| e.as_str()).collect();
-                Err((reasons::NO_IMAGE, format!("{}: sample '{}' has members .{} but no .jpg, .jpeg, .png or .webp (the key ends at the first dot of the file name)", shard, sample.key, exts.join(", ."))))
+                Err((reasons::NO_IMAGE, format!("{shard}: sample '{}': members .{} but no .jpg, .jpeg, .png or .webp (the key ends at the first dot of the file name)", sample.key, exts.join(", ."))))
             }
         }
     };
@@ -327,17 +339,21 @@ fn raw_of(sample: Sample, shard: &str, seen: &mut HashSet<String>) -> Raw {
 
 /// Checks and decodes one sample.
 fn prepare(raw: Raw, transform: &Transform, opts: &InferenceOptions) -> Outcome {
-    let skip = |reason: &str, detail: String| Outcome::Skipped(Skip { key: raw.key.clone(), shard: raw.shard.clone(), reason: reason.into(), detail });
+    let at = match &raw.shard {
+        Some(shard) => format!("{shard}: sample '{}'", raw.key),
+        None => raw.key.clone(),
+    };
+    let skip = |reason: &str, detail: String| Outcome::Skipped(Skip { key: raw.key.clone(), shard: raw.shard.clone(), reason: reason.into(), detail: detail.trim_end().to_string() });
     let (name, bytes) = match &raw.image {
         Ok(i) => i,
         Err((reason, detail)) => return skip(reason, detail.clone()),
     };
     let caption = if opts.enable_text {
         match &raw.caption {
-            None => return skip(reasons::NO_CAPTION, format!("{}: no .txt caption", raw.key)),
+            None => return skip(reasons::NO_CAPTION, format!("{at}: no .txt caption")),
             Some(b) => match String::from_utf8(b.clone()) {
                 Ok(s) => Some(s),
-                Err(e) => return skip(reasons::CAPTION_NOT_UTF8, format!("{}: caption is not UTF-8 ({e})", raw.key)),
+                Err(e) => return skip(reasons::CAPTION_NOT_UTF8, format!("{at}: caption is not UTF-8 ({e})")),
             },
         }
     } else {
@@ -345,11 +361,11 @@ fn prepare(raw: Raw, transform: &Transform, opts: &InferenceOptions) -> Outcome 
     };
     let metadata = if opts.enable_metadata {
         match &raw.metadata {
-            None => return skip(reasons::NO_METADATA, format!("{}: no .json metadata", raw.key)),
+            None => return skip(reasons::NO_METADATA, format!("{at}: no .json metadata")),
             Some(b) => match serde_json::from_slice::<serde_json::Value>(b) {
                 Ok(serde_json::Value::Object(map)) => flatten_json(&map),
-                Ok(other) => return skip(reasons::BAD_METADATA, format!("{}: .json holds {}, not an object", raw.key, json_kind(&other))),
-                Err(e) => return skip(reasons::BAD_METADATA, format!("{}: .json is not valid JSON ({e})", raw.key)),
+                Ok(other) => return skip(reasons::BAD_METADATA, format!("{at}: .json holds {}, not an object", json_kind(&other))),
+                Err(e) => return skip(reasons::INVALID_JSON, format!("{at}: .json is not valid JSON ({e})")),
             },
         }
     } else {
@@ -357,6 +373,7 @@ fn prepare(raw: Raw, transform: &Transform, opts: &InferenceOptions) -> Outcome 
     };
     match transform.from_bytes(bytes, name) {
         Ok(pixels) => Outcome::Ready(Ready { key: raw.key, pixels, caption, metadata }),
+        Err(e) if raw.shard.is_some() => skip(reasons::BAD_IMAGE, format!("{at}: {e:#}")),
         Err(e) => skip(reasons::BAD_IMAGE, format!("{e:#}")),
     }
 }

@@ -34,6 +34,7 @@ pub mod reasons {
     pub const CAPTION_NOT_UTF8: &str = "caption is not UTF-8";
     pub const NO_METADATA: &str = "no metadata (.json)";
     pub const BAD_METADATA: &str = ".json is not a JSON object";
+    pub const INVALID_JSON: &str = ".json is not valid JSON";
     pub const DUPLICATE_KEY: &str = "duplicate key";
     pub const TRUNCATED_TAR: &str = "sample cut off by a broken tar";
 }

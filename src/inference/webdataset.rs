@@ -103,6 +103,11 @@ pub fn read_shard(path: &Path, mut each: impl FnMut(Sample) -> Result<()>) -> Re
         current.key = key.to_string();
         current.members.push((ext, bytes));
     }
+    if members == 0 && end.error.is_none() {
+        let empty = std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(false);
+        let what = if empty { "is empty (0 bytes)" } else { "holds no members" };
+        end.error = Some(format!("{}: {what}: not a webdataset shard (a failed download?)", path.display()));
+    }
     if !current.members.is_empty() {
         if end.error.is_some() {
             // The break may have cut this sample's remaining members.
