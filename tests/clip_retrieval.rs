@@ -157,6 +157,9 @@ fn bad_layouts_are_errors_naming_the_files() {
     let err = import_fails(&f, &index);
     assert!(err.contains("metadata_0.parquet") && err.contains("not a parquet file"), "{err}");
     let err = import_fails(&dir.path().join("nothing"), &index);
+    assert!(err.contains("nothing: no such folder"), "{err}");
+    std::fs::create_dir_all(dir.path().join("empty")).unwrap();
+    let err = import_fails(&dir.path().join("empty"), &index);
     assert!(err.contains("no img_emb/img_emb_{i}.npy"), "{err}");
 
     // --clip-retrieval excludes the npy/ids arguments.
