@@ -356,18 +356,15 @@ fn json_of_cell(v: &Value) -> serde_json::Value {
 /// `2024-01-02T03:04:05.5Z`: seconds and fraction since the epoch in ISO
 /// 8601, the fraction without trailing zeros, `Z` only for UTC instants.
 fn timestamp_text(value: i64, unit: &TimeUnit, utc: bool) -> String {
-    let (per_second, digits) = match unit {
-        TimeUnit::MILLIS => (1_000i64, 3usize),
-        TimeUnit::MICROS => (1_000_000, 6),
-        TimeUnit::NANOS => (1_000_000_000, 9),
+    let time = match unit {
+        TimeUnit::MILLIS => chrono::DateTime::from_timestamp_millis(value),
+        TimeUnit::MICROS => chrono::DateTime::from_timestamp_micros(value),
+        TimeUnit::NANOS => Some(chrono::DateTime::from_timestamp_nanos(value)),
     };
-    let (secs, frac) = (value.div_euclid(per_second), value.rem_euclid(per_second));
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let mut s = format!("{}T{:02}:{:02}:{:02}", date_text(days), rem / 3600, rem % 3600 / 60, rem % 60);
-    if frac != 0 {
-        let f = format!("{frac:0digits$}");
-        s.push('.');
-        s.push_str(f.trim_end_matches('0'));
+    let Some(time) = time else { return value.to_string() };
+    let mut s = time.format("%Y-%m-%dT%H:%M:%S%.f").to_string();
+    if s.contains('.') {
+        s = s.trim_end_matches('0').trim_end_matches('.').to_string();
     }
     if utc {
         s.push('Z');
@@ -375,16 +372,7 @@ fn timestamp_text(value: i64, unit: &TimeUnit, utc: bool) -> String {
     s
 }
 
-/// Days since 1970-01-01 as `YYYY-MM-DD` (Howard Hinnant's civil_from_days).
+/// Days since 1970-01-01 as `YYYY-MM-DD`.
 fn date_text(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    chrono::DateTime::from_timestamp(days.saturating_mul(86_400), 0).map_or_else(|| days.to_string(), |t| t.format("%Y-%m-%d").to_string())
 }
