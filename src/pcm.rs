@@ -64,6 +64,30 @@ impl Pca {
     }
 }
 
+/// The sizes of the PCA groups of a batch of `n` rows with `--pca-group
+/// group` (0: the whole batch): full groups, then a smaller last one.
+pub fn group_sizes(n: usize, group: usize) -> Vec<usize> {
+    Pca { dim: 0, group }.groups(n).into_iter().map(|(_, len)| len).collect()
+}
+
+/// Whether the PCA of a group of `n` samples of dimension `embed` keeping
+/// `pca_dim` components gives back its input exactly. The PCA is centred
+/// (as the official `CLIP.PCA`: `X - mean`, SVD, `@ V_k V_k^T`, `+ mean`),
+/// and centred samples span at most `n - 1` dimensions (they sum to zero),
+/// so `pca_dim >= n - 1` keeps all of them; `pca_dim >= embed` keeps every
+/// dimension whatever `n`. Then the "primary component" image features are
+/// the full ones and the short loss compares full features with short
+/// captions: primary component matching does nothing.
+pub fn pca_is_exact(n: usize, embed: usize, pca_dim: usize) -> bool {
+    pca_dim + 1 >= n || pca_dim >= embed
+}
+
+/// The smallest group whose PCA with `pca_dim` components loses something
+/// (for an embedding wider than `pca_dim`): `pca_dim + 2`.
+pub fn min_lossy_group(pca_dim: usize) -> usize {
+    pca_dim + 2
+}
+
 impl CustomOp1 for Pca {
     fn name(&self) -> &'static str {
         "pca-reconstruction"
@@ -282,4 +306,52 @@ pub fn loss_and_gradients(image: &Tensor, long: &Tensor, short: &Tensor, logit_s
         short: grad(&vs)?,
         logit_scale: grad(&vscale)?.to_scalar::<f64>()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic, generic (full-rank) features [n, d].
+    fn features(n: usize, d: usize) -> Tensor {
+        let v: Vec<f64> = (0..n * d).map(|i| ((i * 7919 % 1009) as f64 * 0.37).sin() + 0.1 * (i % 13) as f64).collect();
+        Tensor::from_vec(v, (n, d), &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// The boundary of the warning `longclip finetune` prints: a centred
+    /// PCA keeping k components reconstructs k + 1 samples exactly, and not
+    /// k + 2. Checked both with one group and as the last, smaller group
+    /// of a batch (`pca_group`).
+    #[test]
+    fn pca_is_exact_up_to_pca_dim_plus_one_samples() {
+        let (k, d) = (4, 16);
+        let limit = k + 1;
+        assert_eq!(min_lossy_group(k), limit + 1);
+        for n in 1..=limit + 3 {
+            let x = features(n, d);
+            let diff = max_diff(&pca(&x, k, 0).unwrap(), &x);
+            if n <= limit {
+                assert!(pca_is_exact(n, d, k));
+                assert!(diff < 1e-5, "n = {n} <= {limit}: PCA must be exact, differs by {diff:e}");
+            } else {
+                assert!(!pca_is_exact(n, d, k));
+                assert!(diff > 1e-3, "n = {n} > {limit}: PCA must lose something, differs by only {diff:e}");
+            }
+        }
+        // Groups of 8: [8, 8, 5] for 21 rows; the last group (limit rows) is exact, the others are not.
+        let x = features(21, d);
+        assert_eq!(group_sizes(21, 8), vec![8, 8, 5]);
+        let y = pca(&x, k, 8).unwrap();
+        assert!(max_diff(&y.narrow(0, 16, 5).unwrap(), &x.narrow(0, 16, 5).unwrap()) < 1e-5);
+        assert!(max_diff(&y.narrow(0, 0, 8).unwrap(), &x.narrow(0, 0, 8).unwrap()) > 1e-3);
+        // Keeping every dimension is exact whatever the group.
+        assert!(pca_is_exact(40, d, d));
+        assert!(max_diff(&pca(&features(40, d), d, 0).unwrap(), &features(40, d)) < 1e-5);
+        assert_eq!(group_sizes(10, 0), vec![10]);
+        assert_eq!(group_sizes(10, 128), vec![10]);
+    }
 }

@@ -392,3 +392,123 @@ fn finetune_command_resumes_bit_for_bit_and_skips_bad_images() {
     assert_eq!(Tensor::read_npy(&npy).unwrap().dims(), &[1, 32]);
 }
 
+
+// ---------------------------------------------------------------------------
+// Small PCA groups and non-finite values
+
+/// The warning is computed from the groups the run will see: full
+/// batches, the last, smaller batch of an epoch, and the last, smaller
+/// group of `--pca-group` within a batch. Its boundary is pca_dim + 1
+/// samples (a centred PCA of n samples has rank n - 1; see
+/// `pcm::tests::pca_is_exact_up_to_pca_dim_plus_one_samples`).
+#[test]
+fn pca_group_warning_names_every_group_the_pca_reconstructs_exactly() {
+    let opts = |pca_dim, pca_group| PcmOptions { pca_dim, pca_group, label_smoothing: 0.1 };
+    let warn = |records, batch, pca_dim, pca_group| run::pca_group_warning(records, batch, &opts(pca_dim, pca_group), 512);
+    // The example: batch 8, 32 components.
+    let w = warn(1000, 8, 32, 128).expect("batch 8 with --pca-dim 32 must warn");
+    eprintln!("{w}");
+    assert!(w.contains("every full batch of 8"), "{w}");
+    assert!(w.contains("up to 33 samples") && w.contains("at least 34"), "{w}");
+    assert!(w.contains("primary component matching does nothing"), "{w}");
+    // Boundary: 33 = pca_dim + 1 is exact, 34 is not.
+    assert!(warn(33 * 10, 33, 32, 0).is_some());
+    assert!(warn(34 * 10, 34, 32, 0).is_none());
+    assert!(warn(64 * 10, 64, 32, 34).unwrap().contains("its last PCA group of 30 samples"));
+    // Only the last batch of an epoch too small: 3 x 64 + 5 records.
+    let w = warn(197, 64, 32, 128).expect("a last batch of 5 must warn");
+    assert!(w.contains("last batch of each epoch (197 records in batches of 64 leave 5)"), "{w}");
+    assert!(!w.contains("every full batch"), "{w}");
+    assert!(warn(64 * 3 + 34, 64, 32, 128).is_none(), "a last batch of 34 is large enough");
+    assert!(warn(64 * 3 + 33, 64, 32, 128).is_some(), "a last batch of 33 is not");
+    assert!(warn(192, 64, 32, 128).is_none());
+    // Only the last group of --pca-group within each batch: 262 = 130 + 130 + 2.
+    let w = warn(262 * 4, 262, 32, 130).expect("a last group of 2 must warn");
+    assert!(w.contains("every full batch of 262: its last PCA group of 2 samples"), "{w}");
+    // Fewer records than a batch: one batch.
+    assert!(warn(20, 2048, 32, 128).unwrap().contains("the only batch of an epoch (20 records)"));
+    // The official recipe does not warn; keeping every dimension does.
+    assert!(warn(1_246_000, 2048, 32, 128).is_none());
+    assert!(warn(1_246_000, 2048, 512, 128).unwrap().contains("keeps every one of the 512"));
+}
+
+fn finetune_command(start: &Path, data: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_longclip"));
+    cmd.args(["finetune", "--model", s(start), "--data", s(data), "--out", s(out), "--lr", "1e-3", "--warmup", "2", "--quiet"]);
+    cmd.args(extra);
+    cmd
+}
+
+/// The command warns once, before training, about a too-small last batch
+/// (and not about large enough ones); a NaN in step 3's features stops the
+/// run with the step and batch, and the step-2 checkpoint stays intact.
+#[test]
+fn finetune_warns_about_small_pca_groups_and_stops_on_non_finite_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), &samples(10), Sample::long);
+    let start = dir.path().join("random.safetensors");
+    export::save_checkpoint(&checkpoint::random(&tiny_config(), 6).unwrap(), &start).unwrap();
+    // 10 records in batches of 4: 4, 4, 2; with 2 components, groups of up to 3 are exact.
+    let out = dir.path().join("nan");
+    let args = ["--batch-size", "4", "--pca-dim", "2", "--epochs", "2", "--save-every", "1", "--keep", "5"];
+    let result = finetune_command(&start, &data, &out, &args).env(longclip::finetune::NON_FINITE_AT_STEP_ENV, "3").output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    eprintln!("{stderr}");
+    assert!(!result.status.success(), "a NaN must stop the run");
+    assert_eq!(stderr.matches("warning:").count(), 1, "warned once:\n{stderr}");
+    assert!(stderr.contains("the last batch of each epoch (10 records in batches of 4 leave 2): its one PCA group of 2 samples"), "{stderr}");
+    assert!(stderr.find("warning:").unwrap() < stderr.find("step 3").unwrap(), "the warning comes first");
+    assert!(stderr.contains("step 3, batch 3 of 3 in epoch 1: non-finite image features"), "{stderr}");
+    let kept = out.join("checkpoints/step-00000002");
+    assert!(stderr.contains(&format!("the last checkpoint, {}, is kept", kept.display())), "{stderr}");
+    assert!(!out.join("checkpoints/step-00000003").exists());
+    assert!(!out.join("model.safetensors").exists(), "no final model after a failed run");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(kept.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"], 2);
+    let ckpt = checkpoint::load(&kept.join("model.safetensors")).unwrap();
+    for (key, t) in &ckpt.tensors {
+        let v = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(v.iter().all(|x| x.is_finite()), "{key} of the kept checkpoint is not finite");
+    }
+    // Resuming from it without the fault finishes the run.
+    let resumed = finetune_command(&start, &data, &out, &args).arg("--resume").output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    // Batches of 5 (5, 5) with 2 components: every group is large enough, no warning.
+    let fine = finetune_command(&start, &data, &dir.path().join("fine"), &["--batch-size", "5", "--pca-dim", "2", "--max-steps", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&fine.stderr);
+    assert!(fine.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning:"), "{stderr}");
+}
+
+/// A learning rate of 1e30 blows the weights up after the first update;
+/// the run stops at the first non-finite value it meets (features, loss,
+/// gradient or weights) and names the step and batch; the checkpoint it
+/// names loads.
+#[test]
+fn a_diverging_run_stops_with_the_step_and_keeps_its_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), &samples(10), Sample::long);
+    let start = dir.path().join("random.safetensors");
+    export::save_checkpoint(&checkpoint::random(&tiny_config(), 7).unwrap(), &start).unwrap();
+    let mut cfg = run_config(&start, &data, &dir.path().join("run"));
+    cfg.lr = 1e30;
+    cfg.warmup = 1;
+    cfg.batch_size = 5;
+    cfg.pcm.pca_dim = 2;
+    cfg.epochs = 5;
+    cfg.save_every = 1;
+    cfg.keep = 10;
+    cfg.eval = None;
+    let err = format!("{:#}", run::run(&cfg).err().expect("lr 1e30 must diverge"));
+    eprintln!("{err}");
+    assert!(err.starts_with("step ") && err.contains(", batch ") && err.contains(": non-finite "), "{err}");
+    let failed: usize = err["step ".len()..].split(',').next().unwrap().parse().unwrap();
+    assert!(failed >= 2, "the first step starts from finite weights: {err}");
+    let kept = run::latest_checkpoint(&cfg.out).unwrap().expect("steps before the failure were saved");
+    assert!(err.contains(&kept.display().to_string()), "{err}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(kept.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"].as_u64().unwrap() as usize, failed - 1);
+    checkpoint::load(&kept.join("model.safetensors")).unwrap();
+}

@@ -190,6 +190,9 @@ pub fn loss(args: LossArgs) -> Result<()> {
     let short = embedder.embed_texts(&short, ctx)?.features;
     let scale = args.log_scale.unwrap_or(model.logit_scale as f64);
     let opts = PcmOptions { pca_dim: args.pca_dim, pca_group: args.pca_group, label_smoothing: LABEL_SMOOTHING };
+    if let Some(w) = run::pca_group_warning(paths.len(), paths.len(), &opts, model.config.embed_dim) {
+        eprintln!("{w}");
+    }
     let (loss_long, loss_short) = pcm::loss_values(&image, &long, &short, scale, &opts)?;
     if args.json {
         println!("{}", serde_json::json!({ "loss_long": loss_long, "loss_short": loss_short }));

@@ -128,6 +128,19 @@ impl Params {
         Ok(ckpt)
     }
 
+    /// The trained tensors holding a NaN or an infinity (x - x is NaN
+    /// exactly there, and 0 elsewhere, so the sum cannot overflow).
+    pub fn non_finite_tensors(&self) -> Result<Vec<String>> {
+        let mut bad = Vec::new();
+        for (name, var) in self.names.iter().zip(&self.vars) {
+            let t = var.as_tensor();
+            if !t.sub(t)?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?.is_finite() {
+                bad.push(name.clone());
+            }
+        }
+        Ok(bad)
+    }
+
     pub fn parameter_count(&self) -> usize {
         self.vars.iter().map(|v| v.elem_count()).sum()
     }
@@ -174,6 +187,43 @@ pub struct Gradients {
     pub finite: bool,
 }
 
+/// A NaN or an infinity in a training step: in the features, the loss or
+/// (without a loss scale) the gradient. `longclip finetune` stops on it
+/// instead of training on, or skipping, garbage; the caller adds the step
+/// and batch. The text says what, e.g. `non-finite loss (long NaN, short 2.1)`.
+#[derive(Clone, Debug)]
+pub struct NonFinite(pub String);
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "non-finite {}", self.0)
+    }
+}
+
+impl std::error::Error for NonFinite {}
+
+/// Test hook: `LONGCLIP_TEST_NON_FINITE_AT_STEP=S` makes the pixels of step
+/// S (1-based, as in `log.jsonl`) NaN, so its image features are.
+pub const NON_FINITE_AT_STEP_ENV: &str = "LONGCLIP_TEST_NON_FINITE_AT_STEP";
+
+/// How many entries of `t` are NaN or infinite.
+pub fn non_finite_count(t: &Tensor) -> Result<usize> {
+    let v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    Ok(v.iter().filter(|x| !x.is_finite()).count())
+}
+
+/// Fails with [`NonFinite`] on the first of the batch's features that
+/// holds a NaN or an infinity.
+fn check_features(features: &[Tensor; 3]) -> Result<()> {
+    for (name, f) in ["image features", "long-caption features", "short-caption features"].iter().zip(features) {
+        let bad = non_finite_count(f)?;
+        if bad > 0 {
+            return Err(NonFinite(format!("{name} ({bad} of {} values)", f.elem_count())).into());
+        }
+    }
+    Ok(())
+}
+
 /// Consecutive ranges of at most ceil(n / chunks) rows.
 pub fn chunk_ranges(n: usize, chunks: usize) -> Vec<Range<usize>> {
     let size = n.div_ceil(chunks.max(1)).max(1);
@@ -206,7 +256,11 @@ pub fn gradients(params: &Params, batch: &Batch, opts: &StepOptions, loss_scale:
     } else {
         (embed_without_graph(params, batch, &ranges, opts.dtype)?, None)
     };
+    check_features(&features)?;
     let g = pcm::loss_and_gradients(&features[0], &features[1], &features[2], params.logit_scale()?, &opts.pcm)?;
+    if !g.loss_long.is_finite() || !g.loss_short.is_finite() {
+        return Err(NonFinite(format!("loss (long {}, short {}; logit_scale {})", g.loss_long, g.loss_short, params.logit_scale()?)).into());
+    }
     let on_device = |t: &Tensor| -> Result<Tensor> { Ok((t.to_dtype(DType::F32)?.to_device(&params.device)? * loss_scale)?) };
     let feature_grads = [on_device(&g.image)?, on_device(&g.long)?, on_device(&g.short)?];
     let mut acc: Vec<Option<Tensor>> = vec![None; params.vars.len()];
@@ -302,7 +356,20 @@ impl Trainer {
     /// learning rate.
     pub fn step(&mut self, batch: &Batch) -> Result<StepReport> {
         let lr = self.schedule.lr(self.step);
+        let poisoned;
+        let batch = match std::env::var(NON_FINITE_AT_STEP_ENV).ok().and_then(|s| s.parse::<usize>().ok()) {
+            Some(s) if s == self.step + 1 => {
+                poisoned = Batch { pixels: (&batch.pixels * f64::NAN)?, long: batch.long.clone(), short: batch.short.clone() };
+                &poisoned
+            }
+            _ => batch,
+        };
         let g = gradients(&self.params, batch, &self.options, self.loss_scale.scale)?;
+        if !g.finite && !self.loss_scale.enabled {
+            // Only an f16 loss scale makes an overflowing gradient expected
+            // (halve the scale, skip the update); otherwise it is a fault.
+            return Err(NonFinite(format!("gradient (with a finite loss: long {}, short {})", g.loss_long, g.loss_short)).into());
+        }
         let applied = self.loss_scale.record(g.finite);
         if applied {
             self.optimizer.update(&self.params.vars, &g.grads, lr)?;

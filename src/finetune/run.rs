@@ -26,11 +26,11 @@ use serde::{Deserialize, Serialize};
 use super::data::{self, ShortCaption};
 use super::eval::{self, EvalResult};
 use super::optim::{AdamWConfig, CosineSchedule, LossScale};
-use super::{Batch, Params, StepOptions, Trainer};
+use super::{Batch, NonFinite, Params, StepOptions, Trainer};
 use crate::checkpoint;
 use crate::export;
 use crate::model;
-use crate::pcm::PcmOptions;
+use crate::pcm::{self, PcmOptions};
 use crate::preprocess::Transform;
 
 /// Everything `longclip finetune` takes.
@@ -169,6 +169,10 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
             (Trainer::new(params, cfg.adamw, schedule, options)?, Counters::default())
         }
     };
+    let embed_dim = trainer.params.config.embed_dim;
+    if let Some(w) = pca_group_warning(records.len(), cfg.batch_size, &cfg.pcm, embed_dim) {
+        eprintln!("{w}");
+    }
     let eval_set = match &cfg.eval {
         Some(spec) => Some((spec.clone(), eval::read_eval_set(spec)?)),
         None => None,
@@ -199,6 +203,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
     let mut skipped_log = open_append(&cfg.out.join("skipped.txt"))?;
     let start = Instant::now();
     let (mut run_samples, mut last_checkpoint) = (0usize, None);
+    let mut warned_small_group = false;
     for loaded in batches.iter() {
         let loaded = loaded?;
         for (path, why) in &loaded.skipped {
@@ -216,7 +221,34 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
                 long: loaded.long,
                 short: loaded.short,
             };
-            let report = trainer.step(&batch)?;
+            if !loaded.skipped.is_empty() && !warned_small_group {
+                // Unreadable images shrink the batch: its groups may fall to
+                // pca_dim + 1 where the recipe's did not (warned once).
+                let exact: Vec<usize> = pcm::group_sizes(n, cfg.pcm.pca_group)
+                    .into_iter()
+                    .filter(|&g| pcm::pca_is_exact(g, embed_dim, cfg.pcm.pca_dim))
+                    .collect();
+                if !exact.is_empty() {
+                    warned_small_group = true;
+                    warn_during(&bar, format!(
+                        "warning: step {}: {} unreadable images leave {n} samples, and PCA groups of {exact:?} samples, which \
+                         --pca-dim {} reconstructs exactly (at most pca_dim + 1 = {}): primary component matching does nothing \
+                         for them (not repeated for later steps)",
+                        trainer.step + 1,
+                        loaded.skipped.len(),
+                        cfg.pcm.pca_dim,
+                        cfg.pcm.pca_dim + 1
+                    ));
+                }
+            }
+            let (index, epoch) = (trainer.step % steps_per_epoch, trainer.step / steps_per_epoch);
+            let report = trainer.step(&batch).map_err(|e| match e.downcast_ref::<NonFinite>() {
+                Some(nf) => stopped(
+                    &cfg.out,
+                    format!("step {}, batch {} of {steps_per_epoch} in epoch {}: {nf}", trainer.step + 1, index + 1, epoch + 1),
+                ),
+                None => e,
+            })?;
             counters.samples += n;
             run_samples += n;
             counters.last = (report.loss_long, report.loss_short);
@@ -242,6 +274,20 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
         bar.set_position(trainer.step as u64);
         let at_end = trainer.step == end;
         if at_end || (cfg.save_every > 0 && trainer.step % cfg.save_every == 0) {
+            let bad = trainer.params.non_finite_tensors()?;
+            if !bad.is_empty() {
+                let (index, epoch) = ((trainer.step - 1) % steps_per_epoch, (trainer.step - 1) / steps_per_epoch);
+                return Err(stopped(
+                    &cfg.out,
+                    format!(
+                        "step {}, batch {} of {steps_per_epoch} in epoch {}: non-finite weights after the update ({}); not saved",
+                        trainer.step,
+                        index + 1,
+                        epoch + 1,
+                        bad.join(", ")
+                    ),
+                ));
+            }
             let state = counters.state(&trainer, &recipe, steps_per_epoch, total_steps);
             last_checkpoint = Some(save_training_checkpoint(&cfg.out, &trainer, &state, cfg.keep)?);
             if !at_end {
@@ -279,6 +325,87 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
     };
     export::write_atomic(&cfg.out.join("train.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(summary)
+}
+
+/// A warning during training: above the progress bar, or on stderr with
+/// `--quiet` (a hidden bar prints nothing).
+fn warn_during(bar: &ProgressBar, text: String) {
+    if bar.is_hidden() {
+        eprintln!("{text}");
+    } else {
+        bar.println(text);
+    }
+}
+
+/// The error a run stops with on a non-finite value: `what` (step, batch,
+/// which value) and the checkpoint a `--resume` would continue from. The
+/// run writes nothing on its way out, so that checkpoint is intact.
+fn stopped(out: &Path, what: String) -> anyhow::Error {
+    let kept = match latest_checkpoint(out) {
+        Ok(Some(dir)) => format!("the last checkpoint, {}, is kept", dir.display()),
+        _ => "no checkpoint had been written".to_string(),
+    };
+    anyhow::anyhow!("{what}; training stopped, {kept} (a lower --lr, or --dtype f32, may avoid it)")
+}
+
+/// The warning `longclip finetune` prints before training when some PCA
+/// group of the run reconstructs exactly ([`pcm::pca_is_exact`]): every
+/// batch of `batch_size`, the last, smaller batch of an epoch
+/// (`records % batch_size`), and within a batch the last, smaller group of
+/// `--pca-group`. `None` when every group is large enough. (Groups made
+/// smaller by unreadable images are warned about when they happen.)
+pub fn pca_group_warning(records: usize, batch_size: usize, pcm_opts: &PcmOptions, embed_dim: usize) -> Option<String> {
+    let k = pcm_opts.pca_dim;
+    if records == 0 || batch_size == 0 {
+        return None;
+    }
+    if k >= embed_dim {
+        return Some(format!(
+            "warning: --pca-dim {k} keeps every one of the {embed_dim} embedding dimensions: the PCA reconstructs every \
+             group exactly, the short-caption image features equal the full ones and primary component matching does \
+             nothing. Use a --pca-dim below {embed_dim} (the official value is 32)."
+        ));
+    }
+    let mut batches = vec![];
+    if records <= batch_size {
+        batches.push((records, format!("the only batch of an epoch ({records} records)")));
+    } else {
+        batches.push((batch_size, format!("every full batch of {batch_size}")));
+        let last = records % batch_size;
+        if last > 0 {
+            batches.push((last, format!("the last batch of each epoch ({records} records in batches of {batch_size} leave {last})")));
+        }
+    }
+    let group = match pcm_opts.pca_group {
+        0 => "--pca-group 0: one PCA per batch".to_string(),
+        g => format!("--pca-group {g}"),
+    };
+    let mut found = vec![];
+    for (n, what) in batches {
+        let sizes = pcm::group_sizes(n, pcm_opts.pca_group);
+        let exact: Vec<usize> = sizes.iter().copied().filter(|&g| pcm::pca_is_exact(g, embed_dim, k)).collect();
+        match (exact.len(), sizes.len()) {
+            (0, _) => {}
+            (1, 1) => found.push(format!("{what}: its one PCA group of {n} samples")),
+            (e, s) if e == s => found.push(format!("{what}: all its {s} PCA groups ({exact:?} samples)")),
+            // Only the last group of a batch can be smaller than the others.
+            _ => found.push(format!("{what}: its last PCA group of {} samples", exact[0])),
+        }
+    }
+    if found.is_empty() {
+        return None;
+    }
+    let need = pcm::min_lossy_group(k);
+    Some(format!(
+        "warning: --pca-dim {k} reconstructs some PCA groups exactly ({group}, --batch-size {batch_size}):\n  - {}\n\
+         A centred PCA of n samples has rank at most n - 1, so {k} components keep all of a group of up to {} samples. \
+         For those groups the short-caption image features (their primary components) equal the full features and \
+         primary component matching does nothing: the short loss only compares full image features with short captions. \
+         The PCA loses something from {need} samples a group: use a --batch-size and --pca-group (0: the whole batch) of \
+         at least {need}, with a last batch of an epoch of 0 or at least {need} samples, or a smaller --pca-dim.",
+        found.join("\n  - "),
+        k + 1
+    ))
 }
 
 /// Running totals carried through checkpoints.
