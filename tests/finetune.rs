@@ -360,6 +360,10 @@ fn finetune_command_resumes_bit_for_bit_and_skips_bad_images() {
     let out = run(common(&straight));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("skipped 4 images"), "two bad images, two epochs:\n{stderr}");
+    // Batches of 4 are large enough for --pca-dim 2, but an unreadable image
+    // leaves a batch of at most 3: warned once, when it happens.
+    assert_eq!(stderr.matches("warning:").count(), 1, "{stderr}");
+    assert!(stderr.contains("unreadable images leave") && stderr.contains("--pca-dim 2 reconstructs exactly"), "{stderr}");
     let skipped = std::fs::read_to_string(straight.join("skipped.txt")).unwrap();
     assert_eq!(skipped.lines().count(), 4);
     assert!(skipped.contains("missing.png") && skipped.contains("broken.png"));
