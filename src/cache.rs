@@ -77,7 +77,7 @@ impl FeatureCache {
         files.sort();
         for file in files {
             if let Err(e) = cache.add_shard(&file) {
-                eprintln!("warning: ignoring embedding cache shard {}: {e:#}", file.display());
+                eprintln!("warning: ignoring embedding cache shard {}: {}", crate::term::path(&file), crate::term::escape_lines(&format!("{e:#}")));
             }
         }
         Ok(cache)

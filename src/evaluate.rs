@@ -309,7 +309,7 @@ pub fn embed_dataset_images(enc: &mut Encoder, data: &Dataset, on_missing: OnMis
 }
 
 fn missing_message(skipped: &[(PathBuf, String)], total: usize) -> String {
-    let shown: Vec<String> = skipped.iter().take(10).map(|(p, why)| format!("  {}: {why}", p.display())).collect();
+    let shown: Vec<String> = skipped.iter().take(10).map(|(p, why)| format!("  {}: {}", crate::term::path(p), crate::term::escape_for_terminal(why))).collect();
     let more = if skipped.len() > 10 { format!("\n  ... and {} more", skipped.len() - 10) } else { String::new() };
     format!(
         "{} of {total} images are missing or unreadable:\n{}{more}\n(use --on-missing skip to evaluate without them and their captions)",
@@ -480,7 +480,7 @@ pub fn evaluate_classification(
     let out = enc.embed_images(&set.images)?;
     let skipped: Vec<(String, String)> = out.failed.iter().map(|(i, why)| (set.images[*i].name(), why.clone())).collect();
     if on_missing == OnMissing::Fail && !skipped.is_empty() {
-        let list: Vec<String> = skipped.iter().take(10).map(|(n, w)| format!("  {n}: {w}")).collect();
+        let list: Vec<String> = skipped.iter().take(10).map(|(n, w)| format!("  {}: {}", crate::term::escape_for_terminal(n), crate::term::escape_for_terminal(w))).collect();
         bail!("{} images are unreadable:\n{}\n(use --on-missing skip to evaluate without them)", skipped.len(), list.join("\n"));
     }
     let labels: Vec<usize> = out.kept.iter().map(|&i| set.labels[i]).collect();

@@ -14,7 +14,8 @@
 //! [`table`]) from files or webdataset shards, one partition at a time.
 //! Fine-tuning: [`pcm`] is the loss (with
 //! [`linalg`] for its PCA) and [`finetune`] the training. [`synth`] generates
-//! the synthetic long-caption scenes of `longclip demo`.
+//! the synthetic long-caption scenes of `longclip demo`. [`term`] escapes
+//! control characters in names and captions bound for a terminal.
 
 pub mod cache;
 pub mod checkpoint;
@@ -40,4 +41,5 @@ pub mod serve;
 pub mod stretch;
 pub mod synth;
 pub mod table;
+pub mod term;
 pub mod tokenizer;

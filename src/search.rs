@@ -443,7 +443,7 @@ pub fn check_model(index: &Index, info: &ModelInfo) -> Result<()> {
             m.path.as_deref().unwrap_or("?"),
             info.path.as_deref().unwrap_or("?")
         ),
-        (None, _) => eprintln!("warning: {}: the index does not record a model fingerprint (imported); cannot check that {} made it", index.dir.display(), info.path.as_deref().unwrap_or("the model")),
+        (None, _) => eprintln!("warning: {}: the index does not record a model fingerprint (imported); cannot check that {} made it", crate::term::path(&index.dir), crate::term::escape_for_terminal(info.path.as_deref().unwrap_or("the model"))),
         _ => {}
     }
     Ok(())

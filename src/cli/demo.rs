@@ -41,7 +41,7 @@ pub fn synth(a: SynthArgs) -> Result<()> {
     let start = Instant::now();
     synth::write_set(&a.out, &opts, true)?;
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("wrote {} scenes to {} in {secs:.1} s ({:.0} scenes/s)", a.n, a.out.display(), a.n as f64 / secs);
+    eprintln!("wrote {} scenes to {} in {secs:.1} s ({:.0} scenes/s)", a.n, crate::term::path(&a.out), a.n as f64 / secs);
     Ok(())
 }
 
@@ -81,19 +81,19 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         "1. {} held-out scenes (seed {}) in {}: {} of them in groups of {} that share their top two rows",
         a.n,
         a.seed,
-        scenes.display(),
+        crate::term::path(&scenes),
         (0..a.n).filter(|&i| synth::in_hard_group(&opts, i)).count(),
         opts.group
     );
     let index = a.out.join("index");
     let (m, s, i) = (model.display().to_string(), scenes.join("image").display().to_string(), index.display().to_string());
-    println!("\n2. longclip index build --model {m} --images {s} --index {i} --no-hnsw");
+    println!("\n2. longclip index build --model {} --images {} --index {} --no-hnsw", crate::term::escape_for_terminal(&m), crate::term::escape_for_terminal(&s), crate::term::escape_for_terminal(&i));
     run_command(&["index", "build", "--model", &m, "--images", &s, "--index", &i, "--no-hnsw"])?;
     println!("\n3. Three long queries (the captions of three held-out scenes), top 3 at 248 and at 77 tokens:");
     queries(&index, &opts)?;
     let (root, plot, json) = (scenes.display().to_string(), a.out.join("probe.png"), a.out.join("probe.json"));
     let (plot, json) = (plot.display().to_string(), json.display().to_string());
-    println!("\n4. longclip probe --model {m} --dataset urban1k --root {root} --plot {plot} --no-cache");
+    println!("\n4. longclip probe --model {} --dataset urban1k --root {} --plot {} --no-cache", crate::term::escape_for_terminal(&m), crate::term::escape_for_terminal(&root), crate::term::escape_for_terminal(&plot));
     run_command(&[
         "probe", "--model", &m, "--dataset", "urban1k", "--root", &root, "--lengths", "10,20,40,60,77,90,100,110,120,248",
         "--plot", &plot, "--json", &json, "--no-cache",
@@ -138,7 +138,7 @@ fn queries(index_dir: &Path, opts: &SynthOptions) -> Result<()> {
             let hits = search::search(&index, &[vector], &search_opts)?.remove(0);
             println!("  read to {ctx} tokens:");
             for h in hits {
-                println!("    {}  {:.4}  {}{}", h.rank, h.score, h.path, hit_note(&h.path, target, opts));
+                println!("    {}  {:.4}  {}{}", h.rank, h.score, crate::term::escape_for_terminal(&h.path), hit_note(&h.path, target, opts));
             }
         }
     }

@@ -69,7 +69,7 @@ impl DatasetArgs {
             data.split = "1k".into();
         }
         for note in &data.notes {
-            eprintln!("note: {note}");
+            eprintln!("note: {}", crate::term::escape_for_terminal(note));
         }
         Ok(data)
     }
@@ -220,7 +220,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         data.split,
         report.n_images,
         report.n_texts,
-        m.path.display(),
+        crate::term::path(&m.path),
         short_fingerprint(&m.fingerprint)
     );
     print!("{}", recall_table(&report.scores, &paper));
@@ -300,7 +300,7 @@ fn report_skipped(skipped: &[(PathBuf, String)], total: usize) {
         return;
     }
     for (p, why) in skipped.iter().take(10) {
-        eprintln!("skipped {}: {why}", p.display());
+        eprintln!("skipped {}: {}", crate::term::path(p), crate::term::escape_for_terminal(why));
     }
     if skipped.len() > 10 {
         eprintln!("... and {} more", skipped.len() - 10);
@@ -353,7 +353,7 @@ fn eval_classification(args: EvalArgs, start: Instant) -> Result<()> {
     let report = evaluate::evaluate_classification(&mut enc, &set, &templates, args.data.on_missing, context)?;
     let seconds = start.elapsed().as_secs_f64();
     for (n, why) in report.skipped.iter().take(10) {
-        eprintln!("skipped {n}: {why}");
+        eprintln!("skipped {}: {}", crate::term::escape_for_terminal(n), crate::term::escape_for_terminal(why));
     }
     let paper_model = paper_model(args.paper_model.as_deref(), &m.config)?;
     let paper = paper_model.map(|pm| reference::classification(pm, name)).unwrap_or_default();
@@ -362,7 +362,7 @@ fn eval_classification(args: EvalArgs, start: Instant) -> Result<()> {
         report.n_images,
         report.n_classes,
         templates.len(),
-        m.path.display(),
+        crate::term::path(&m.path),
         short_fingerprint(&m.fingerprint)
     );
     let names: Vec<String> = paper.iter().map(|p| format!("{} ({})", p.model, p.source)).collect();
@@ -403,15 +403,15 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
 fn write_outputs(out: &Value, json_path: Option<&Path>, csv_path: Option<&Path>, record: Option<&Path>, command: &str, device: &Device) -> Result<()> {
     if let Some(p) = json_path {
         export::write_atomic(p, format!("{}\n", serde_json::to_string_pretty(out)?).as_bytes())?;
-        eprintln!("wrote {}", p.display());
+        eprintln!("wrote {}", crate::term::path(&p));
     }
     if let Some(p) = csv_path {
         export::write_atomic(p, flat_csv(out).as_bytes())?;
-        eprintln!("wrote {}", p.display());
+        eprintln!("wrote {}", crate::term::path(&p));
     }
     if let Some(dir) = record {
         let path = append_record(dir, command, out, device)?;
-        eprintln!("recorded in {}", path.display());
+        eprintln!("recorded in {}", crate::term::path(&path));
     }
     Ok(())
 }
@@ -487,7 +487,7 @@ pub fn probe(args: ProbeArgs) -> Result<()> {
         let context = m.model.text.context_length();
         if args.unit == Unit::Tokens {
             if let Some(&l) = args.lengths.iter().find(|&&l| l > context) {
-                eprintln!("note: {label} has {context} positions: lengths above it (e.g. {l}) are cut at {context}");
+                eprintln!("note: {} has {context} positions: lengths above it (e.g. {l}) are cut at {context}", crate::term::escape_for_terminal(label));
             }
         }
         let t0 = Instant::now();
@@ -501,7 +501,7 @@ pub fn probe(args: ProbeArgs) -> Result<()> {
             data.split,
             images.data.images.len(),
             images.data.n_texts(),
-            m.path.display(),
+            crate::term::path(&m.path),
             short_fingerprint(&m.fingerprint)
         );
         print!("{}", probe_table(&rows));
@@ -543,11 +543,11 @@ pub fn probe(args: ProbeArgs) -> Result<()> {
     });
     if let Some(p) = &args.plot {
         probe_chart(&all_rows, args.unit, &data).save(p)?;
-        eprintln!("wrote {}", p.display());
+        eprintln!("wrote {}", crate::term::path(&p));
     }
     if let Some(p) = &args.csv {
         export::write_atomic(p, probe_csv(&rows).as_bytes())?;
-        eprintln!("wrote {}", p.display());
+        eprintln!("wrote {}", crate::term::path(&p));
     }
     write_outputs(&out, args.json.as_deref(), None, args.run.record.as_deref(), "probe", &last_device)
 }
@@ -642,7 +642,7 @@ pub fn classify(args: ClassifyArgs) -> Result<()> {
     let refs: Vec<ImageRef> = paths.iter().cloned().map(ImageRef::File).collect();
     let images = enc.embed_images(&refs)?;
     for (i, why) in &images.failed {
-        eprintln!("skipped {}: {why}", paths[*i].display());
+        eprintln!("skipped {}: {}", crate::term::path(&paths[*i]), crate::term::escape_for_terminal(why));
     }
     let logits = (images.features.matmul(&classes.t()?)? * (m.model.logit_scale as f64).exp())?;
     let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
@@ -654,12 +654,12 @@ pub fn classify(args: ClassifyArgs) -> Result<()> {
         order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
         let best: Vec<(String, f32)> = order[..top].iter().map(|&c| (labels[c].clone(), p[c])).collect();
         let shown: Vec<String> = best.iter().map(|(l, p)| format!("{l} {:.1}%", 100.0 * p)).collect();
-        println!("{}\t{}", paths[i].display(), shown.join(", "));
+        println!("{}\t{}", crate::term::path(&paths[i]), crate::term::escape_for_terminal(&shown.join(", ")));
         results.push(json!({"image": paths[i].display().to_string(), "labels": best.iter().map(|(l, p)| json!({"label": l, "probability": p})).collect::<Vec<_>>()}));
     }
     if let Some(p) = &args.json {
         export::write_atomic(p, serde_json::to_string_pretty(&json!({"model": m.path.display().to_string(), "templates": args.templates, "results": results}))?.as_bytes())?;
-        eprintln!("wrote {}", p.display());
+        eprintln!("wrote {}", crate::term::path(&p));
     }
     Ok(())
 }

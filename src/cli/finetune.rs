@@ -128,7 +128,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         s.last_loss_long,
         s.last_loss_short,
         s.skipped_images,
-        s.model.display()
+        crate::term::path(&s.model)
     );
     Ok(())
 }

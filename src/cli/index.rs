@@ -285,12 +285,12 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
         IndexCommand::Info { index, json } => info(&index, json),
         IndexCommand::Optimize { index, max_segments } => {
             let r = index::optimize(&index, max_segments, true)?;
-            eprintln!("merged {} ({} rows, {} deleted rows dropped) in {:.2} s -> {}: {}", count(r.segments_merged, "segment"), r.rows, r.dropped, r.seconds, index.display(), count(r.segments, "segment"));
+            eprintln!("merged {} ({} rows, {} deleted rows dropped) in {:.2} s -> {}: {}", count(r.segments_merged, "segment"), r.rows, r.dropped, r.seconds, crate::term::path(&index), count(r.segments, "segment"));
             Ok(())
         }
         IndexCommand::Merge { sources, into, merge } => {
             let r = index::merge_indexes(&sources, &into, merge.policy().as_ref(), true)?;
-            eprintln!("adopted {} ({} rows) from {} in {:.2} s ({:.0} rows/s) -> {}: {}", count(r.segments_merged, "segment"), r.rows, count(sources.len(), "index/indexes"), r.seconds, r.rows as f64 / r.seconds.max(1e-9), into.display(), count(r.segments, "segment"));
+            eprintln!("adopted {} ({} rows) from {} in {:.2} s ({:.0} rows/s) -> {}: {}", count(r.segments_merged, "segment"), r.rows, count(sources.len(), "index/indexes"), r.seconds, r.rows as f64 / r.seconds.max(1e-9), crate::term::path(&into), count(r.segments, "segment"));
             Ok(())
         }
         IndexCommand::Upgrade { index } => {
@@ -298,16 +298,16 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
             let was = index::read_manifest(&index).is_ok();
             let m = index::upgrade(&index, true)?;
             if was {
-                eprintln!("{}: already format v{}; nothing to do", index.display(), m.format_version);
+                eprintln!("{}: already format v{}; nothing to do", crate::term::path(&index), m.format_version);
             } else {
-                eprintln!("{}: upgraded to format v{}: {}, {} ({:.2} s)", index.display(), m.format_version, count(m.segments.len(), "segment"), count(m.count, "entry/entries"), start.elapsed().as_secs_f64());
+                eprintln!("{}: upgraded to format v{}: {}, {} ({:.2} s)", crate::term::path(&index), m.format_version, count(m.segments.len(), "segment"), count(m.count, "entry/entries"), start.elapsed().as_secs_f64());
             }
             Ok(())
         }
         IndexCommand::Export { index, out } => {
             let index = Index::open(&index)?;
             index::export(&index, &out)?;
-            eprintln!("wrote {} ({} rows, {}) -> {}", "img_emb/img_emb_0.npy + metadata/metadata_0.parquet", index.len(), index.manifest.dtype.name(), out.display());
+            eprintln!("wrote {} ({} rows, {}) -> {}", "img_emb/img_emb_0.npy + metadata/metadata_0.parquet", index.len(), index.manifest.dtype.name(), crate::term::path(&out));
             Ok(())
         }
     }
@@ -331,19 +331,19 @@ fn build(a: BuildArgs) -> Result<()> {
         if m.root.is_some() && given != m.root {
             eprintln!(
                 "warning: {}: the index was built from {}; files of {} are added with absolute paths, and `index add` keeps looking at the first folder",
-                a.index.display(),
-                m.root.as_deref().unwrap_or("?"),
-                a.images.display()
+                crate::term::path(&a.index),
+                crate::term::escape_for_terminal(m.root.as_deref().unwrap_or("?")),
+                crate::term::path(&a.images)
             );
         }
         if let (Some(s), None) = (m.shard, &a.shard) {
-            eprintln!("{}: continuing shard {}/{} of the folder", a.index.display(), s.index, s.count);
+            eprintln!("{}: continuing shard {}/{} of the folder", crate::term::path(&a.index), s.index, s.count);
         }
         if a.dtype.is_some() && dtype != m.dtype {
-            eprintln!("warning: {}: the index stores {}; --dtype {} applies to new indexes only", a.index.display(), m.dtype.name(), dtype.name());
+            eprintln!("warning: {}: the index stores {}; --dtype {} applies to new indexes only", crate::term::path(&a.index), m.dtype.name(), dtype.name());
         }
         if a.graph.params() != m.hnsw {
-            eprintln!("warning: {}: the index keeps its HNSW setting ({}); the graph options apply to new indexes only", a.index.display(), m.hnsw.map_or("none".into(), |h| format!("M {}, ef_construction {}", h.m, h.ef_construction)));
+            eprintln!("warning: {}: the index keeps its HNSW setting ({}); the graph options apply to new indexes only", crate::term::path(&a.index), m.hnsw.map_or("none".into(), |h| format!("M {}, ef_construction {}", h.m, h.ef_construction)));
         }
     }
     let (model, device, info) = load_model(&a.model, &a.run.device)?;
@@ -398,7 +398,7 @@ fn summarize(dir: &Path, r: &index::BuildReport) -> Result<()> {
         r.skipped,
         r.unchanged,
         r.seconds,
-        dir.display(),
+        crate::term::path(&dir),
         r.count,
         count(r.segments, "segment"),
         r.skipped_total
@@ -407,7 +407,7 @@ fn summarize(dir: &Path, r: &index::BuildReport) -> Result<()> {
         eprintln!("the index is up to date");
     }
     if r.count == 0 && r.files == 0 && r.skipped_total == 0 {
-        eprintln!("{}: this shard holds none of the folder's images (an empty index; it merges like any other)", dir.display());
+        eprintln!("{}: this shard holds none of the folder's images (an empty index; it merges like any other)", crate::term::path(&dir));
         return Ok(());
     }
     if r.count == 0 {
@@ -423,9 +423,9 @@ fn remove(a: RemoveArgs) -> Result<()> {
     let selection = Selection { ids: a.id, paths: a.path, missing: a.missing };
     let report = index::remove(&a.index, &selection, true)?;
     for what in &report.not_found {
-        eprintln!("warning: {what}: not in the index");
+        eprintln!("warning: {}: not in the index", crate::term::escape_for_terminal(what));
     }
-    eprintln!("removed {} in {:.3} s -> {}: {}", count(report.removed, "entry/entries"), report.seconds, a.index.display(), count(report.count, "entry/entries"));
+    eprintln!("removed {} in {:.3} s -> {}: {}", count(report.removed, "entry/entries"), report.seconds, crate::term::path(&a.index), count(report.count, "entry/entries"));
     Ok(())
 }
 
@@ -438,7 +438,7 @@ fn import(a: ImportArgs) -> Result<()> {
     let before_next = index::read_manifest(&a.index).map_or(0, |m| m.next_id);
     if let (true, Ok(m)) = (a.append, index::read_manifest(&a.index)) {
         if a.graph.params() != m.hnsw {
-            eprintln!("warning: {}: the index keeps its HNSW setting for new segments; the graph options apply to new indexes only", a.index.display());
+            eprintln!("warning: {}: the index keeps its HNSW setting for new segments; the graph options apply to new indexes only", crate::term::path(&a.index));
         }
     }
     // Clap makes sure there is a folder or both files.
@@ -463,7 +463,7 @@ fn import(a: ImportArgs) -> Result<()> {
         None => index::import(&a.index, &opts)?,
     };
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("imported {} of {} dimensions in {secs:.2} s -> {}: {} in {}", count((m.next_id - before_next) as usize, "row"), m.dim, a.index.display(), count(m.count, "entry/entries"), count(m.segments.len(), "segment"));
+    eprintln!("imported {} of {} dimensions in {secs:.2} s -> {}: {} in {}", count((m.next_id - before_next) as usize, "row"), m.dim, crate::term::path(&a.index), count(m.count, "entry/entries"), count(m.segments.len(), "segment"));
     Ok(())
 }
 
@@ -494,13 +494,13 @@ fn info(dir: &Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!("index       {}", dir.display());
+    println!("index       {}", crate::term::path(&dir));
     println!("format      {} v{} (generation {})", m.format, m.format_version, m.generation);
     println!("entries     {}", m.count);
     println!("embeddings  {} x {} {}", m.count, m.dim, m.dtype.name());
-    println!("model       {}", m.model.path.as_deref().unwrap_or("(not recorded: imported)"));
+    println!("model       {}", crate::term::escape_for_terminal(m.model.path.as_deref().unwrap_or("(not recorded: imported)")));
     println!("fingerprint {}", m.model.fingerprint.as_deref().unwrap_or("-"));
-    println!("root        {}", m.root.as_deref().unwrap_or("-"));
+    println!("root        {}", crate::term::escape_for_terminal(m.root.as_deref().unwrap_or("-")));
     println!("created     {}", m.created);
     println!("updated     {}", m.updated);
     match &m.hnsw {
@@ -520,7 +520,7 @@ fn info(dir: &Path, json: bool) -> Result<()> {
     }
     println!("skipped     {}", skipped.len());
     for s in &skipped {
-        println!("  {}: {}", s.path, s.reason);
+        println!("  {}: {}", crate::term::escape_for_terminal(&s.path), crate::term::escape_for_terminal(&s.reason));
     }
     Ok(())
 }
@@ -537,7 +537,7 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
     let index = Index::open(&a.index)?;
     let opts = search::Options { k: a.k, exact: a.exact, ef: a.ef };
     if a.ef.is_some() && index.segments().iter().all(|s| s.meta.hnsw.is_none()) {
-        eprintln!("warning: {}: the index has no HNSW graph (built with --no-hnsw): --ef is ignored, the search is exact", a.index.display());
+        eprintln!("warning: {}: the index has no HNSW graph (built with --no-hnsw): --ef is ignored, the search is exact", crate::term::path(&a.index));
     }
     if let Some(id) = a.like {
         let row = index.row_of_id(id).with_context(|| format!("{}: no entry with id {id}", a.index.display()))?;
@@ -595,7 +595,7 @@ fn print_hits(hits: &[search::Hit], json: bool) -> Result<()> {
     }
     println!("{:>4}  {:>7}  {:>8}  path", "rank", "score", "id");
     for h in hits {
-        println!("{:>4}  {:>7.4}  {:>8}  {}", h.rank, h.score, h.id, h.path);
+        println!("{:>4}  {:>7.4}  {:>8}  {}", h.rank, h.score, h.id, crate::term::escape_for_terminal(&h.path));
     }
     Ok(())
 }
@@ -685,13 +685,13 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
     } else if recorded_gone {
         eprintln!(
             "warning: the index's model {} is not there any more (give --model): only like=ID searches will work",
-            index.manifest.model.path.as_deref().unwrap_or("?")
+            crate::term::escape_for_terminal(index.manifest.model.path.as_deref().unwrap_or("?"))
         );
         None
     } else {
         Some(QueryEncoder::for_index(&index, a.model.as_deref(), &a.device)?)
     };
-    eprintln!("serving {} ({} images); Ctrl-C stops", a.index.display(), index.len());
+    eprintln!("serving {} ({} images); Ctrl-C stops", crate::term::path(&a.index), index.len());
     drop(index);
     serve::run(serve::AppState { index: index::LiveIndex::open(&a.index)?, encoder }, &a.addr)
 }

@@ -81,7 +81,7 @@ pub fn run(a: InferenceArgs) -> Result<()> {
             reports.len() - done.len(),
             plural(images, "image"),
             images as f64 / secs.max(1e-9),
-            opts.output_folder.display()
+            crate::term::path(&opts.output_folder)
         );
     }
     Ok(())

@@ -140,13 +140,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stretch { model, out } => {
             let ckpt = stretch::stretch_checkpoint(checkpoint::load(&model)?)?;
             export::save_checkpoint(&ckpt, &out)?;
-            eprintln!("wrote {} ({} positions)", out.display(), ckpt.config.text.context_length);
+            eprintln!("wrote {} ({} positions)", crate::term::path(&out), ckpt.config.text.context_length);
             Ok(())
         }
         Command::Convert { model, out, dtype } => {
             let ckpt = checkpoint::load(&model)?;
             export::write_hf_dir(&ckpt, &out, parse_dtype(&dtype)?)?;
-            eprintln!("wrote {} (Hugging Face CLIPModel, {} positions)", out.display(), ckpt.config.text.context_length);
+            eprintln!("wrote {} (Hugging Face CLIPModel, {} positions)", crate::term::path(&out), ckpt.config.text.context_length);
             Ok(())
         }
         Command::Info { model, json } => info(&checkpoint::load(&model)?, json),
@@ -198,7 +198,7 @@ fn load_model(path: &Path, device: &str, dtype: &str) -> Result<(LongClip, Devic
 fn embed(args: EmbedArgs) -> Result<()> {
     let ext = args.out.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
     if !["npy", "json", "jsonl"].contains(&ext.as_str()) {
-        eprintln!("warning: {}: not .npy, .json or .jsonl; writing a float32 .npy", args.out.display());
+        eprintln!("warning: {}: not .npy, .json or .jsonl; writing a float32 .npy", crate::term::path(&args.out));
     }
     let (model, device) = load_model(&args.model, &args.device, &args.dtype)?;
     let embedder = Embedder { model: &model, device, batch_size: args.batch_size, normalize: !args.raw, progress: true };
@@ -213,9 +213,9 @@ fn embed(args: EmbedArgs) -> Result<()> {
         embed::write_features(&out.features, &args.out)?;
         let ids: String = (0..texts.len()).map(|i| format!("{i}\n")).collect();
         export::write_atomic(&embed::sidecar(&args.out, "ids.txt"), ids.as_bytes())?;
-        eprintln!("{} -> {}", embed::summary("texts", texts.len(), start), args.out.display());
+        eprintln!("{} -> {}", embed::summary("texts", texts.len(), start), crate::term::path(&args.out));
         for &i in &out.empty {
-            eprintln!("warning: {}: row {i} is empty", texts_path.display());
+            eprintln!("warning: {}: row {i} is empty", crate::term::path(&texts_path));
         }
         warn_truncated(&out.truncated, ctx);
         return Ok(());
@@ -237,7 +237,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         "{}, skipped {} -> {}",
         embed::summary("images", out.paths.len(), start),
         out.skipped.len(),
-        args.out.display()
+        crate::term::path(&args.out)
     );
     Ok(())
 }
@@ -250,9 +250,9 @@ fn report_skipped(skipped: &[(PathBuf, String)], out: &Path) -> Result<()> {
     let path = embed::sidecar(out, "skipped.txt");
     export::write_atomic(&path, list.as_bytes())?;
     for (p, why) in skipped {
-        eprintln!("skipped {}: {why}", p.display());
+        eprintln!("skipped {}: {}", crate::term::path(&p), crate::term::escape_for_terminal(why));
     }
-    eprintln!("{} images skipped, listed in {}", skipped.len(), path.display());
+    eprintln!("{} images skipped, listed in {}", skipped.len(), crate::term::path(&path));
     Ok(())
 }
 
@@ -277,7 +277,7 @@ fn similarity(model_path: &Path, images: &Path, texts: &Path, device: &str) -> R
     let t = embedder.embed_texts(&texts, model.text.context_length())?;
     let i = embedder.embed_images(&paths)?;
     for (p, why) in &i.skipped {
-        eprintln!("skipped {}: {why}", p.display());
+        eprintln!("skipped {}: {}", crate::term::path(&p), crate::term::escape_for_terminal(why));
     }
     let sims = i.features.matmul(&t.features.t()?)?.to_vec2::<f32>()?;
     print_similarity_table(&i.paths, &texts, &sims);
@@ -287,9 +287,9 @@ fn similarity(model_path: &Path, images: &Path, texts: &Path, device: &str) -> R
 fn print_similarity_table(paths: &[PathBuf], texts: &[String], sims: &[Vec<f32>]) {
     let names: Vec<String> = paths
         .iter()
-        .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|p| p.file_name().map(|n| crate::term::escape_for_terminal(&n.to_string_lossy()).into_owned()).unwrap_or_default())
         .collect();
-    let w = names.iter().map(String::len).max().unwrap_or(5).max(5);
+    let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(5).max(5);
     print!("{:w$}", "image");
     for j in 0..texts.len() {
         print!("  text{j:<3}");
@@ -308,7 +308,7 @@ fn print_similarity_table(paths: &[PathBuf], texts: &[String], sims: &[Vec<f32>]
     for (j, t) in texts.iter().enumerate() {
         let short: String = t.chars().take(90).collect();
         let dots = if t.chars().count() > 90 { "..." } else { "" };
-        println!("text{j}: {short}{dots}");
+        println!("text{j}: {}{dots}", crate::term::escape_for_terminal(&short));
     }
 }
 
@@ -328,7 +328,7 @@ fn info(ckpt: &Checkpoint, json: bool) -> Result<()> {
         return Ok(());
     }
     let kind = if ckpt.is_long_clip() { "Long-CLIP (positional_embedding + positional_embedding_res)" } else { "CLIP (one positional table)" };
-    println!("file        {}", ckpt.path.display());
+    println!("file        {}", crate::term::path(&ckpt.path));
     println!("format      {}", ckpt.format);
     println!("model       {kind}");
     println!("embed dim   {}", c.embed_dim);
@@ -345,7 +345,7 @@ fn info(ckpt: &Checkpoint, json: bool) -> Result<()> {
     println!("dtypes      {}", dtypes.join(", "));
     println!("parameters  {}", ckpt.parameter_count());
     if !ckpt.ignored.is_empty() {
-        println!("ignored     {}", ckpt.ignored.join(", "));
+        println!("ignored     {}", crate::term::escape_for_terminal(&ckpt.ignored.join(", ")));
     }
     Ok(())
 }
@@ -356,7 +356,9 @@ pub fn main_entry() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("longclip: {e:#}");
+            // Escaped here once for every error; line breaks are kept because some
+            // messages are lists on purpose (their items are escaped where made).
+            eprintln!("longclip: {}", crate::term::escape_lines(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }

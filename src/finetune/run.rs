@@ -440,7 +440,7 @@ impl Counters {
 pub fn describe_eval(when: &str, e: &EvalResult) -> String {
     format!(
         "eval {when} on {} ({} images): long R@1 I2T {:.1} T2I {:.1}, short R@1 I2T {:.1} T2I {:.1}",
-        e.set, e.images, e.long.i2t, e.long.t2i, e.short.i2t, e.short.t2i
+        crate::term::escape_for_terminal(&e.set), e.images, e.long.i2t, e.long.t2i, e.short.i2t, e.short.t2i
     )
 }
 
@@ -535,7 +535,7 @@ fn resume(dir: &Path, recipe: &Recipe, device: &Device, options: StepOptions) ->
     if &state.recipe != recipe {
         bail!(
             "--resume: {} was trained with a different recipe or data;\n  checkpoint: {}\n  this run:   {}",
-            dir.display(),
+            crate::term::path(dir),
             serde_json::to_string(&state.recipe)?,
             serde_json::to_string(recipe)?
         );

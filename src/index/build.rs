@@ -436,7 +436,7 @@ fn read_staging(staging: &Path, info: &ModelInfo) -> Result<Vec<(usize, Chunk)>>
         match chunk {
             Some(c) if c.fingerprint == info.fingerprint && c.dim == info.embed_dim && data_len == Some((c.entries.len() * c.dim * 4) as u64) => chunks.push((n, c)),
             _ => {
-                eprintln!("warning: {}: dropping a staged chunk from another model or a damaged one", entry.path().display());
+                eprintln!("warning: {}: dropping a staged chunk from another model or a damaged one", crate::term::path(&entry.path()));
                 let _ = std::fs::remove_file(entry.path());
             }
         }

@@ -194,10 +194,10 @@ fn check_append(m: &Manifest, dim: usize, opts: &ImportOptions, dir: &Path) -> R
         bail!("{}: the index holds {}-d embeddings, {} has {dim}-d rows", dir.display(), m.dim, opts.embeddings.display());
     }
     if opts.dtype != m.dtype {
-        eprintln!("warning: {}: the index stores {}; the appended rows are stored as {} too", dir.display(), m.dtype.name(), m.dtype.name());
+        eprintln!("warning: {}: the index stores {}; the appended rows are stored as {} too", crate::term::path(&dir), m.dtype.name(), m.dtype.name());
     }
     if opts.model.is_none() && m.model.fingerprint.is_some() {
-        eprintln!("warning: {}: the index records its model ({}); without --model nothing checks that these embeddings come from it", dir.display(), m.model.path.as_deref().unwrap_or("?"));
+        eprintln!("warning: {}: the index records its model ({}); without --model nothing checks that these embeddings come from it", crate::term::path(&dir), crate::term::escape_for_terminal(m.model.path.as_deref().unwrap_or("?")));
     }
     if let (Some(a), Some(b)) = (opts.model.as_ref().and_then(|x| x.fingerprint.as_ref()), &m.model.fingerprint) {
         if a != b {

@@ -175,10 +175,10 @@ impl LiveIndex {
         if current.0 != now {
             match Index::open(&self.dir) {
                 Ok(index) => {
-                    eprintln!("{}: reopened at generation {} ({} entries, {} segments)", self.dir.display(), index.manifest.generation, index.len(), index.segments().len());
+                    eprintln!("{}: reopened at generation {} ({} entries, {} segments)", crate::term::path(&self.dir), index.manifest.generation, index.len(), index.segments().len());
                     current.1 = std::sync::Arc::new(index);
                 }
-                Err(e) => eprintln!("warning: {}: keeping the open view: {e:#}", self.dir.display()),
+                Err(e) => eprintln!("warning: {}: keeping the open view: {}", crate::term::path(&self.dir), crate::term::escape_lines(&format!("{e:#}"))),
             }
             current.0 = now;
         }

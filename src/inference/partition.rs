@@ -117,7 +117,7 @@ pub fn run(model: &LongClip, device: &Device, opts: &InferenceOptions, base: Sta
             "partition {}: none of its {} could be read, so it is not marked done (rerun once they are fixed):\n  {}",
             stats.partition,
             if stats.shards == 1 { "1 shard".to_string() } else { format!("{} shards", stats.shards) },
-            stats.shard_errors.join("\n  ")
+            stats.shard_errors.iter().map(|e| crate::term::escape_for_terminal(e)).collect::<Vec<_>>().join("\n  ")
         );
     }
     let write_start = Instant::now();
@@ -188,7 +188,7 @@ fn pump(model: &LongClip, device: &Device, opts: &InferenceOptions, work: &Work,
                 Message::ShardDone { error, cut } => {
                     bar.inc(1);
                     if let Some(e) = error {
-                        bar.suspend(|| eprintln!("warning: {}", e));
+                        bar.suspend(|| eprintln!("warning: {}", crate::term::escape_for_terminal(&e)));
                         stats.shard_errors.push(e.clone());
                         if let Some((key, shard)) = cut {
                             stats.skip(Skip { key, shard: Some(shard), reason: reasons::TRUNCATED_TAR.into(), detail: e });
