@@ -47,8 +47,10 @@ pub fn save_checkpoint(ckpt: &Checkpoint, path: &Path) -> Result<()> {
     write_safetensors(tensors, meta, path)
 }
 
-/// A Hugging Face `CLIPModel` directory: config.json, model.safetensors and
-/// the CLIP tokenizer files. `dtype` is the storage type of every tensor.
+/// A Hugging Face `CLIPModel` directory: config.json, model.safetensors, the
+/// CLIP tokenizer files and preprocessor_config.json, so that `CLIPModel`,
+/// `CLIPTokenizer(Fast)`, `CLIPImageProcessor` and `CLIPProcessor` all load
+/// it with `from_pretrained` alone. `dtype` is the storage type of every tensor.
 pub fn write_hf_dir(ckpt: &Checkpoint, dir: &Path, dtype: DType) -> Result<()> {
     if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{}: already exists and is not empty", dir.display());
@@ -65,6 +67,8 @@ pub fn write_hf_dir(ckpt: &Checkpoint, dir: &Path, dtype: DType) -> Result<()> {
     let config = serde_json::to_string_pretty(&hf_config(ckpt, dtype))?;
     std::fs::write(tmp.join("config.json"), config)?;
     write_tokenizer_files(&tmp, ckpt.config.text.context_length)?;
+    let preprocessor = serde_json::to_string_pretty(&preprocessor_config(ckpt.config.vision.image_size))?;
+    std::fs::write(tmp.join("preprocessor_config.json"), preprocessor)?;
     if dir.exists() {
         std::fs::remove_dir(dir)?;
     }
@@ -120,6 +124,33 @@ fn hf_config(ckpt: &Checkpoint, dtype: DType) -> serde_json::Value {
     })
 }
 
+/// OpenAI CLIP's normalization, as decimal literals (the f32 constants of
+/// `preprocess` would print with float noise).
+const HF_IMAGE_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+const HF_IMAGE_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+
+/// preprocessor_config.json for transformers' `CLIPImageProcessor`, the
+/// same steps as `Transform::clip(resolution)`: RGB, shortest edge to
+/// `resolution` (bicubic, PIL's resample 3), center crop to
+/// `resolution` x `resolution`, scale by 1/255, CLIP mean and std.
+pub fn preprocessor_config(resolution: usize) -> serde_json::Value {
+    json!({
+        "image_processor_type": "CLIPImageProcessor",
+        "processor_class": "CLIPProcessor",
+        "do_convert_rgb": true,
+        "do_resize": true,
+        "size": {"shortest_edge": resolution},
+        "resample": 3,
+        "do_center_crop": true,
+        "crop_size": {"height": resolution, "width": resolution},
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": HF_IMAGE_MEAN,
+        "image_std": HF_IMAGE_STD,
+    })
+}
+
 /// vocab.json + merges.txt (what `CLIPTokenizer` reads) and its configs.
 fn write_tokenizer_files(dir: &Path, context_length: usize) -> Result<()> {
     let tok = Tokenizer::global();
@@ -142,6 +173,7 @@ fn write_tokenizer_files(dir: &Path, context_length: usize) -> Result<()> {
     config["tokenizer_class"] = json!("CLIPTokenizer");
     config["model_max_length"] = json!(context_length);
     config["do_lower_case"] = json!(true);
+    config["processor_class"] = json!("CLIPProcessor");
     std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&config)?)?;
     Ok(())
 }

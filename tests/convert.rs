@@ -1,14 +1,20 @@
 //! Our safetensors output and the Hugging Face export load back to the same
-//! model; the export also runs in candle-transformers' independent CLIPModel.
+//! model; the export also runs in candle-transformers' independent CLIPModel,
+//! and (with `LONGCLIP_HF_PYTHON`, a Python with transformers and torch) in
+//! real transformers through `CLIPProcessor` + `CLIPModel`.
 
 mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::clip::{text_model, vision_model, ClipConfig, ClipModel};
 use common::*;
 use longclip::checkpoint::{self, Checkpoint, Format};
-use longclip::export::{save_checkpoint, write_hf_dir};
+use longclip::export::{preprocessor_config, save_checkpoint, write_hf_dir};
+use longclip::preprocess::{CLIP_MEAN, CLIP_STD};
 use longclip::model::LongClip;
 use longclip::stretch::stretch_checkpoint;
 
@@ -42,7 +48,15 @@ fn hf_export_loads_back_to_the_same_features() {
     let original = checkpoint::load(&fixture("tiny-longclip.pt")).unwrap();
     let out = dir.path().join("hf");
     write_hf_dir(&original, &out, DType::F32).unwrap();
-    for file in ["config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json"] {
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "preprocessor_config.json",
+    ] {
         assert!(out.join(file).exists(), "{file} missing");
     }
     let vocab: serde_json::Map<String, serde_json::Value> =
@@ -151,4 +165,140 @@ fn fingerprint_follows_the_weights_not_the_file_format() {
     assert_eq!(fp, copy.fingerprint().unwrap());
     let other = checkpoint::load(&fixture("tiny-clip77.pt")).unwrap();
     assert_ne!(fp, other.fingerprint().unwrap());
+}
+
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// transformers' `CLIPImageProcessor` settings that reproduce
+/// `Transform::clip(resolution)`.
+fn assert_preprocessor(p: &serde_json::Value, resolution: usize) {
+    assert_eq!(p["image_processor_type"], "CLIPImageProcessor");
+    assert_eq!(p["processor_class"], "CLIPProcessor");
+    assert_eq!(p["do_convert_rgb"], true);
+    assert_eq!(p["do_resize"], true);
+    assert_eq!(p["size"], serde_json::json!({"shortest_edge": resolution}));
+    assert_eq!(p["resample"], 3, "PIL.Image.BICUBIC");
+    assert_eq!(p["do_center_crop"], true);
+    assert_eq!(p["crop_size"], serde_json::json!({"height": resolution, "width": resolution}));
+    assert_eq!(p["do_rescale"], true);
+    assert_eq!(p["rescale_factor"].as_f64().unwrap(), 1.0 / 255.0);
+    assert_eq!(p["do_normalize"], true);
+    for (key, want) in [("image_mean", CLIP_MEAN), ("image_std", CLIP_STD)] {
+        let got: Vec<f64> = p[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(got.len(), 3, "{key}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(*g as f32, w, "{key}: {got:?}");
+        }
+    }
+    // written as the decimal literals of OpenAI's CLIP, not f32 noise
+    assert_eq!(p["image_mean"], serde_json::json!([0.48145466, 0.4578275, 0.40821073]));
+    assert_eq!(p["image_std"], serde_json::json!([0.26862954, 0.26130258, 0.27577711]));
+}
+
+#[test]
+fn hf_export_writes_processor_and_tokenizer_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = checkpoint::load(&fixture("tiny-longclip.pt")).unwrap();
+    let out = dir.path().join("hf");
+    write_hf_dir(&original, &out, DType::F32).unwrap();
+    let resolution = original.config.vision.image_size;
+    assert_preprocessor(&read_json(&out.join("preprocessor_config.json")), resolution);
+    let config = read_json(&out.join("config.json"));
+    assert_eq!(config["vision_config"]["image_size"], resolution);
+    let tok = read_json(&out.join("tokenizer_config.json"));
+    assert_eq!(tok["model_max_length"], 248);
+    assert_eq!(tok["tokenizer_class"], "CLIPTokenizer");
+    assert_eq!(tok["processor_class"], "CLIPProcessor");
+    assert_eq!(tok["bos_token"], "<|startoftext|>");
+    assert_eq!(tok["eos_token"], "<|endoftext|>");
+    assert_eq!(tok["pad_token"], "<|endoftext|>");
+    let special = read_json(&out.join("special_tokens_map.json"));
+    assert_eq!(special["eos_token"], "<|endoftext|>");
+    // a plain 77-position CLIP keeps its 77
+    let clip77 = checkpoint::load(&fixture("tiny-clip77.pt")).unwrap();
+    let out77 = dir.path().join("hf77");
+    write_hf_dir(&clip77, &out77, DType::F32).unwrap();
+    assert_eq!(read_json(&out77.join("tokenizer_config.json"))["model_max_length"], 77);
+    assert_preprocessor(&read_json(&out77.join("preprocessor_config.json")), clip77.config.vision.image_size);
+    // the real models' resolutions: ViT-L/14 (224) and ViT-L/14@336px
+    for resolution in [64, 224, 336] {
+        assert_preprocessor(&preprocessor_config(resolution), resolution);
+    }
+}
+
+/// `LONGCLIP_HF_PYTHON` if it imports transformers and torch; else `None`
+/// after a loud "skipped" line. CI does not install it (PyPI's torch wheel
+/// brings the CUDA libraries: 5.6 GB, ~6 minutes; see README, `convert`).
+fn hf_python(test: &str) -> Option<PathBuf> {
+    let problem = match std::env::var_os("LONGCLIP_HF_PYTHON") {
+        None => "LONGCLIP_HF_PYTHON is not set".to_string(),
+        Some(p) => match Command::new(&p).args(["-c", "import transformers, torch, PIL, numpy, ftfy"]).output() {
+            Ok(o) if o.status.success() => return Some(PathBuf::from(p)),
+            Ok(o) => format!(
+                "LONGCLIP_HF_PYTHON={}: `import transformers, torch, PIL, numpy, ftfy` failed: {}",
+                p.to_string_lossy(),
+                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+            ),
+            Err(e) => format!("LONGCLIP_HF_PYTHON={}: cannot run it: {e}", p.to_string_lossy()),
+        },
+    };
+    // straight to stderr, past the test harness' capture: a skip must be seen
+    let loud = format!(
+        "\n**********\n*** skipped: {test}: {problem}.\n*** Set LONGCLIP_HF_PYTHON to a Python with transformers, torch, pillow, numpy and ftfy to run it.\n**********\n"
+    );
+    std::io::Write::write_all(&mut std::io::stderr(), loud.as_bytes()).ok();
+    None
+}
+
+#[test]
+fn hf_export_loads_in_transformers_clip_processor() {
+    let Some(python) = hf_python("hf_export_loads_in_transformers_clip_processor") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    let model = fixture("tiny-longclip.pt");
+    ok(&["convert", "--model", s(&model), "--out", s(&hf)]);
+    let images = fixture("images");
+    let captions = fixture("captions.json");
+    let (img, txt, ids) = (dir.path().join("img.npy"), dir.path().join("txt.npy"), dir.path().join("ids.json"));
+    ok(&["tokenize", "--texts", s(&captions), "--out", s(&ids)]);
+    ok(&["embed", "--model", s(&model), "--images", s(&images), "--out", s(&img)]);
+    ok(&["embed", "--model", s(&model), "--texts", s(&captions), "--out", s(&txt)]);
+    let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/hf_processor.py"));
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(["--hf", s(&hf), "--images", s(&images), "--captions", s(&captions)])
+        .args(["--image-features", s(&img), "--text-features", s(&txt), "--ids", s(&ids)])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "hf_processor.py failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("hf_processor.py output: {e}\n{}", String::from_utf8_lossy(&out.stdout)));
+    eprintln!("transformers: {report}");
+    assert_eq!(report["model_max_length"], 248);
+    let tokens: Vec<u64> = report["text_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(tokens.iter().any(|&n| n <= 77) && tokens.iter().any(|&n| n > 77), "short and long captions: {tokens:?}");
+    assert_eq!(report["images"].as_array().unwrap().len(), 6);
+    let f64s = |key: &str| -> Vec<f64> { report[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+    let (image, torchvision_crop) = (f64s("image_cos"), f64s("image_cos_torchvision_crop"));
+    let margins = report["crop_margins"].as_array().unwrap();
+    for (i, name) in report["images"].as_array().unwrap().iter().enumerate() {
+        // transformers' own resize and normalization, cropped where torchvision crops
+        assert!(torchvision_crop[i] >= 0.999, "{name}: transformers' resize + normalization vs ours: cos {}", torchvision_crop[i]);
+        // CLIPProcessor as it is: its crop starts at floor(margin / 2), one
+        // pixel before torchvision's round(margin / 2) when the margin is odd
+        let odd = margins[i].as_array().unwrap().iter().any(|m| m.as_u64().unwrap() % 2 == 1);
+        let min = if odd { 0.99 } else { 0.999 };
+        assert!(image[i] >= min, "{name}: CLIPProcessor + CLIPModel image features vs ours: cos {} (crop margins {})", image[i], margins[i]);
+    }
+    // captions cleaned as the official tokenizer does (ftfy, HTML
+    // unescaped twice) tokenize to our ids and give our features
+    assert_eq!(report["clean_id_mismatches"], serde_json::json!([]), "transformers' ids differ from ours");
+    let text = report["text_min_cos"].as_f64().unwrap();
+    assert!(text >= 0.9999, "CLIPProcessor + CLIPModel text features vs ours: min cos {text}");
+    eprintln!("captions whose raw ids differ in transformers (no ftfy / HTML cleaning there): {}", report["raw_id_mismatches"]);
 }
