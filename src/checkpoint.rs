@@ -20,8 +20,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::rng::SplitMix;
 
-/// Positions Long-CLIP copies unchanged from CLIP (knowledge-preserved stretching).
+/// Positions Long-CLIP copies unchanged from CLIP (knowledge-preserved
+/// stretching): the official `keep_len`, and the split of a checkpoint whose
+/// config does not say otherwise ([`TextConfig::keep_positions`]).
 pub const KEEP_POSITIONS: usize = 20;
+/// The extra key of an exported `config.json` that records the split.
+pub const HF_KEEP_KEY: &str = "longclip_keep_positions";
 /// Metadata key under which our safetensors files store the [`Config`].
 pub const CONFIG_METADATA_KEY: &str = "longclip.config";
 
@@ -40,6 +44,15 @@ pub struct TextConfig {
     pub mlp_width: usize,
     pub context_length: usize,
     pub vocab_size: usize,
+    /// Long-CLIP split: rows `0..keep_positions` of the positional table come
+    /// from `positional_embedding`, the rest from `positional_embedding_res`
+    /// (20 unless stretched with another `--keep`; files without it load as 20).
+    #[serde(default = "default_keep_positions")]
+    pub keep_positions: usize,
+}
+
+fn default_keep_positions() -> usize {
+    KEEP_POSITIONS
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,8 +114,9 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Long-CLIP checkpoints carry two tables: rows 0..20 come from
-    /// `positional_embedding`, rows 20.. from `positional_embedding_res`.
+    /// Long-CLIP checkpoints carry two tables: rows 0..K come from
+    /// `positional_embedding`, rows K.. from `positional_embedding_res`
+    /// (K = `config.text.keep_positions`, 20 for the released models).
     pub fn is_long_clip(&self) -> bool {
         self.tensors.contains_key("positional_embedding_res")
     }
@@ -114,7 +128,7 @@ impl Checkpoint {
             return Ok(pe.clone());
         };
         let n = pe.dim(0)?;
-        let keep = KEEP_POSITIONS.min(n);
+        let keep = self.config.text.keep_positions.min(n);
         let head = pe.narrow(0, 0, keep)?.to_dtype(DType::F32)?;
         let tail = res.narrow(0, keep, n - keep)?.to_dtype(DType::F32)?;
         Ok(Tensor::cat(&[head, tail], 0)?)
@@ -147,6 +161,11 @@ impl Checkpoint {
             let t = &self.tensors[key];
             hash.update(format!("{key}|{:?}|{:?}|", t.dtype(), t.dims()).as_bytes());
             hash.update(tensor_bytes(t)?);
+        }
+        // The split changes what a Long-CLIP computes from the same tensors;
+        // hashed only when it is not the official 20, so older fingerprints hold.
+        if self.is_long_clip() && self.config.text.keep_positions != KEEP_POSITIONS {
+            hash.update(format!("keep_positions|{}|", self.config.text.keep_positions).as_bytes());
         }
         let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok(format!("sha256:{hex}"))
@@ -602,6 +621,7 @@ fn infer_config(tensors: &Tensors, path: &Path) -> Result<Config> {
         mlp_width: dims(tensors, "transformer.resblocks.0.mlp.c_fc.weight", path)?[0],
         context_length: dims(tensors, "positional_embedding", path)?[0],
         vocab_size: dims(tensors, "token_embedding.weight", path)?[0],
+        keep_positions: KEEP_POSITIONS,
     };
     let embed_dim = *dims(tensors, "text_projection", path)?.last().unwrap_or(&0);
     Ok(Config { embed_dim, text, vision, activation: Activation::QuickGelu })
@@ -626,6 +646,9 @@ fn config_from_hf(hf: &serde_json::Value, tensors: &Tensors, path: &Path) -> Res
     }
     if let Some(h) = get("vision_config", "num_attention_heads") {
         config.vision.heads = h as usize;
+    }
+    if let Some(k) = hf.get(HF_KEEP_KEY).and_then(|v| v.as_u64()) {
+        config.text.keep_positions = k as usize;
     }
     let act = hf.get("text_config").and_then(|s| s.get("hidden_act")).and_then(|v| v.as_str());
     config.activation = match act {
@@ -702,6 +725,14 @@ fn check_shapes(ckpt: &Checkpoint) -> Result<()> {
     if c.text.layers == 0 || c.vision.layers == 0 {
         bail!("{}: no transformer layers found (text {}, vision {})", ckpt.path.display(), c.text.layers, c.vision.layers);
     }
+    if c.text.keep_positions > c.text.context_length {
+        bail!(
+            "{}: keep_positions {} is more than the {} text positions",
+            ckpt.path.display(),
+            c.text.keep_positions,
+            c.text.context_length
+        );
+    }
     for (key, shape) in expected_shapes(c, ckpt.is_long_clip()) {
         match ckpt.tensors.get(&key) {
             None => bail!("{}: missing tensor '{key}' (expected shape {shape:?})", ckpt.path.display()),
@@ -736,7 +767,7 @@ impl Config {
         };
         Ok(Config {
             embed_dim,
-            text: TextConfig { width: tw, layers: 12, heads: th, mlp_width: 4 * tw, context_length: 248, vocab_size: 49408 },
+            text: TextConfig { width: tw, layers: 12, heads: th, mlp_width: 4 * tw, context_length: 248, vocab_size: 49408, keep_positions: KEEP_POSITIONS },
             vision: VisionConfig { width: vw, layers: vl, heads: vh, mlp_width: 4 * vw, patch_size: patch, image_size: 224 },
             activation: Activation::QuickGelu,
         })
@@ -748,7 +779,7 @@ impl Config {
     pub fn demo() -> Config {
         Config {
             embed_dim: 64,
-            text: TextConfig { width: 64, layers: 4, heads: 1, mlp_width: 256, context_length: 248, vocab_size: 49408 },
+            text: TextConfig { width: 64, layers: 4, heads: 1, mlp_width: 256, context_length: 248, vocab_size: 49408, keep_positions: KEEP_POSITIONS },
             vision: VisionConfig { width: 128, layers: 4, heads: 2, mlp_width: 512, patch_size: 16, image_size: 96 },
             activation: Activation::QuickGelu,
         }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use serde_json::json;
 
-use crate::checkpoint::{official_to_hf, Activation, Checkpoint, CONFIG_METADATA_KEY};
+use crate::checkpoint::{official_to_hf, Activation, Checkpoint, CONFIG_METADATA_KEY, HF_KEEP_KEY};
 use crate::tokenizer::{Tokenizer, EOT, SOT};
 
 /// A sibling path that the final rename replaces: `dir/.name.tmp-PID`.
@@ -86,8 +86,11 @@ fn hf_config(ckpt: &Checkpoint, dtype: DType) -> serde_json::Value {
         DType::BF16 => "bfloat16",
         _ => "float32",
     };
+    // The merged table loses the Long-CLIP split: the extra key keeps it
+    // (transformers ignores it; `longclip finetune` splits the table there).
     json!({
         "architectures": ["CLIPModel"],
+        HF_KEEP_KEY: c.text.keep_positions,
         "model_type": "clip",
         "projection_dim": c.embed_dim,
         "logit_scale_init_value": 2.6592,

@@ -1,10 +1,13 @@
-//! Knowledge-preserved stretching (KPS): a CLIP positional table of L rows
-//! becomes 4L - 60 rows (77 -> 248). Rows 0..20 are kept; each later
-//! interval is interpolated four times; the last four rows extrapolate.
+//! Knowledge-preserved stretching (KPS): a positional table of L rows
+//! becomes K + (L - K)·R rows. Rows 0..K are kept; each later interval is
+//! interpolated R times; the last R rows extrapolate. The official
+//! `load_from_clip` is K = 20, R = 4 (77 -> 248).
 //!
-//! The official `load_from_clip` does this arithmetic on the model's dtype,
-//! which is fp16 after `convert_weights`: every intermediate is rounded to
-//! fp16 here too, so the table matches it bit for bit.
+//! The official code does this arithmetic on the model's dtype, which is
+//! fp16 after `convert_weights`: every intermediate is rounded to fp16 here
+//! too, so the table matches it bit for bit. A Long-CLIP table stored in
+//! f32 or bf16 (a fine-tuned one) is stretched in f32 instead, so that its
+//! kept rows stay exactly as they were.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -12,39 +15,63 @@ use half::f16;
 
 use crate::checkpoint::{Checkpoint, KEEP_POSITIONS};
 
+/// The official interpolation ratio of `load_from_clip`.
+pub const RATIO: usize = 4;
+
 /// Rounds like one fp16 tensor op: computed in f32, stored as fp16.
 fn h(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
-/// Stretches a [L, W] table to [4L - 3*20, W], in fp16 arithmetic.
+/// Rows after stretching `len` rows, keeping `keep`, `ratio` rows per interval.
+pub fn stretched_len(len: usize, keep: usize, ratio: usize) -> usize {
+    keep + (len - keep) * ratio
+}
+
+/// Stretches a [L, W] table to [4L - 3*20, W], in fp16 arithmetic
+/// (the official `load_from_clip`).
 pub fn stretch_table(table: &Tensor) -> Result<Tensor> {
+    stretch_table_with(table, KEEP_POSITIONS, RATIO, true)
+}
+
+/// Stretches a [L, W] table to [K + (L - K)·R, W]: rows 0..K as they are,
+/// then for each row a in K..L-1 (with b the next) a followed by the R - 1
+/// rows (R-j)·a/R + j·b/R, then the last row plus j·(last - prev)/R for
+/// j in 0..R. With `fp16`, every product, quotient and sum is rounded to
+/// fp16 as torch does on a half tensor; otherwise f32 throughout.
+pub fn stretch_table_with(table: &Tensor, keep: usize, ratio: usize, fp16: bool) -> Result<Tensor> {
     let (len, width) = table.dims2()?;
-    let keep = KEEP_POSITIONS;
-    if len < keep + 2 {
-        bail!("cannot stretch a positional table of {len} rows (need at least {})", keep + 2);
+    if ratio < 1 {
+        bail!("the interpolation ratio must be at least 1, got {ratio}");
     }
+    if len < keep + 2 {
+        bail!("cannot stretch a positional table of {len} rows keeping {keep} (need at least {})", keep + 2);
+    }
+    let h = |x: f32| if fp16 { h(x) } else { x };
+    let r = ratio as f32;
     let pre: Vec<Vec<f32>> = table.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    let pre: Vec<Vec<f32>> = pre.into_iter().map(|r| r.into_iter().map(h).collect()).collect();
-    let new_len = 4 * len - 3 * keep;
+    let pre: Vec<Vec<f32>> = pre.into_iter().map(|row| row.into_iter().map(h).collect()).collect();
+    let new_len = stretched_len(len, keep, ratio);
     let mut out = vec![vec![0f32; width]; new_len];
     out[..keep].clone_from_slice(&pre[..keep]);
     for i in 0..len - 1 - keep {
         let (a, b) = (&pre[i + keep], &pre[i + 1 + keep]);
-        for d in 0..width {
-            // k*a/4 + (4-k)*b/4 with each product and quotient rounded.
-            let mix = |ka: f32, kb: f32| h(h(h(ka * a[d]) / 4.0) + h(h(kb * b[d]) / 4.0));
-            out[4 * i + keep][d] = a[d];
-            out[4 * i + 1 + keep][d] = mix(3.0, 1.0);
-            out[4 * i + 2 + keep][d] = mix(2.0, 2.0);
-            out[4 * i + 3 + keep][d] = mix(1.0, 3.0);
+        let base = ratio * i + keep;
+        out[base].clone_from_slice(a);
+        for j in 1..ratio {
+            let (ka, kb) = ((ratio - j) as f32, j as f32);
+            let row = &mut out[base + j];
+            for d in 0..width {
+                // (R-j)*a/R + j*b/R with each product and quotient rounded.
+                row[d] = h(h(h(ka * a[d]) / r) + h(h(kb * b[d]) / r));
+            }
         }
     }
     let (last, prev) = (&pre[len - 1], &pre[len - 2]);
-    for k in 0..4 {
-        let row = &mut out[new_len - 4 + k];
+    for k in 0..ratio {
+        let row = &mut out[new_len - ratio + k];
         for d in 0..width {
-            let step = h(h(k as f32 * h(last[d] - prev[d])) / 4.0);
+            let step = h(h(k as f32 * h(last[d] - prev[d])) / r);
             row[d] = h(last[d] + step);
         }
     }
@@ -55,7 +82,7 @@ pub fn stretch_table(table: &Tensor) -> Result<Tensor> {
 /// A 77-position CLIP becomes a Long-CLIP: `positional_embedding` and
 /// `positional_embedding_res` both hold the stretched table, as
 /// `load_from_clip` leaves them (the second is the one fine-tuning trains).
-pub fn stretch_checkpoint(mut ckpt: Checkpoint) -> Result<Checkpoint> {
+pub fn stretch_checkpoint(ckpt: Checkpoint) -> Result<Checkpoint> {
     if ckpt.is_long_clip() {
         bail!(
             "{}: already a Long-CLIP checkpoint ({} positions); stretch takes a plain CLIP",
@@ -63,8 +90,34 @@ pub fn stretch_checkpoint(mut ckpt: Checkpoint) -> Result<Checkpoint> {
             ckpt.config.text.context_length
         );
     }
-    let table = stretch_table(ckpt.get("positional_embedding")?)?;
+    stretch_checkpoint_with(ckpt, KEEP_POSITIONS, RATIO)
+}
+
+/// KPS with any `keep` (K) and `ratio` (R), of a plain CLIP or of a
+/// Long-CLIP (its merged table: rows 0..K' of `positional_embedding`, the
+/// rest of `positional_embedding_res`). Both tables of the result hold the
+/// stretched table and the config records the new split K.
+///
+/// A plain CLIP is stretched in fp16 as `load_from_clip` does; a Long-CLIP
+/// in fp16 when its tables are fp16, in f32 otherwise.
+pub fn stretch_checkpoint_with(mut ckpt: Checkpoint, keep: usize, ratio: usize) -> Result<Checkpoint> {
+    let len = ckpt.config.text.context_length;
+    if len < keep + 2 {
+        bail!(
+            "{}: cannot keep {keep} of its {len} positions and stretch the rest (need at least {} positions)",
+            ckpt.path.display(),
+            keep + 2
+        );
+    }
+    let fp16 = if ckpt.is_long_clip() {
+        let dtypes = [ckpt.get("positional_embedding")?.dtype(), ckpt.get("positional_embedding_res")?.dtype()];
+        dtypes.iter().all(|d| *d == DType::F16)
+    } else {
+        true
+    };
+    let table = stretch_table_with(&ckpt.text_positions()?, keep, ratio, fp16)?;
     ckpt.config.text.context_length = table.dim(0)?;
+    ckpt.config.text.keep_positions = keep;
     ckpt.tensors.insert("positional_embedding_res".into(), table.clone());
     ckpt.tensors.insert("positional_embedding".into(), table);
     Ok(ckpt)

@@ -23,7 +23,7 @@ use longclip::tokenizer::Tokenizer;
 fn tiny_config() -> Config {
     Config {
         embed_dim: 32,
-        text: TextConfig { width: 64, layers: 2, heads: 2, mlp_width: 256, context_length: 248, vocab_size: 49408 },
+        text: TextConfig { width: 64, layers: 2, heads: 2, mlp_width: 256, context_length: 248, vocab_size: 49408, keep_positions: 20 },
         vision: VisionConfig { width: 64, layers: 2, heads: 2, mlp_width: 256, patch_size: 8, image_size: 32 },
         activation: Activation::QuickGelu,
     }

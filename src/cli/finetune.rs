@@ -20,7 +20,7 @@ const LOG_SCALE: f64 = 4.605170185988092;
 
 #[derive(Args)]
 pub struct FinetuneArgs {
-    /// Long-CLIP checkpoint, or a 77-position CLIP (stretched to 248 with KPS).
+    /// Long-CLIP checkpoint (any number of positions, e.g. `longclip stretch --keep K --ratio R` output), or a 77-position CLIP (stretched to 248 with KPS).
     #[arg(long)]
     model: PathBuf,
     /// Training data: sharegpt4v:FILE.json (skips the 1k evaluation records), or a .json/.csv/.jsonl with image and caption fields.

@@ -34,8 +34,12 @@ enum Command {
         /// .json (array of strings), .jsonl ("text"/"caption") or .txt (one per line).
         #[arg(long)]
         texts: PathBuf,
-        #[arg(long, default_value_t = DEFAULT_CONTEXT_LENGTH)]
-        context_length: usize,
+        /// Tokens per text, SOT and EOT included (default: --model's positions, else 248).
+        #[arg(long)]
+        context_length: Option<usize>,
+        /// Take the default context length from this checkpoint's positions and refuse a longer one.
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// Write here instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -53,15 +57,23 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
-    /// Knowledge-preserved stretching of a 77-position CLIP to 248 positions.
+    /// Knowledge-preserved stretching to K + (L - K)·R positions: a 77-position CLIP to 248 by default
+    /// (bit-identical to the official load_from_clip), or a Long-CLIP further.
     Stretch {
+        /// A 77-position CLIP, or a Long-CLIP (its merged table is stretched).
         #[arg(long)]
         model: PathBuf,
         /// Output .safetensors (official names; loads in every longclip command).
         #[arg(long)]
         out: PathBuf,
+        /// Positions kept as they are (K, the official keep_len); recorded in the output's config.
+        #[arg(long, default_value_t = crate::checkpoint::KEEP_POSITIONS)]
+        keep: usize,
+        /// Rows written per interval after K (R, the official 4).
+        #[arg(long, default_value_t = stretch::RATIO)]
+        ratio: usize,
     },
-    /// Write a Hugging Face CLIPModel directory (one merged 248-row position table).
+    /// Write a Hugging Face CLIPModel directory (one merged position table; the Long-CLIP split in config.json's longclip_keep_positions).
     Convert {
         #[arg(long)]
         model: PathBuf,
@@ -134,13 +146,30 @@ struct EmbedArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Tokenize { texts, context_length, out } => tokenize(&texts, context_length, out.as_deref()),
+        Command::Tokenize { texts, context_length, model, out } => {
+            let context_length = match model {
+                None => context_length.unwrap_or(DEFAULT_CONTEXT_LENGTH),
+                Some(path) => {
+                    let positions = checkpoint::load(&path)?.config.text.context_length;
+                    let n = context_length.unwrap_or(positions);
+                    if n > positions {
+                        bail!("context length {n} exceeds the model's {positions} positions ({})", path.display());
+                    }
+                    n
+                }
+            };
+            tokenize(&texts, context_length, out.as_deref())
+        }
         Command::Embed(args) => embed(args),
         Command::Similarity { model, images, texts, device } => similarity(&model, &images, &texts, &device),
-        Command::Stretch { model, out } => {
-            let ckpt = stretch::stretch_checkpoint(checkpoint::load(&model)?)?;
+        Command::Stretch { model, out, keep, ratio } => {
+            let ckpt = stretch::stretch_checkpoint_with(checkpoint::load(&model)?, keep, ratio)?;
             export::save_checkpoint(&ckpt, &out)?;
-            eprintln!("wrote {} ({} positions)", crate::term::path(&out), ckpt.config.text.context_length);
+            eprintln!(
+                "wrote {} ({} positions, rows 0..{keep} kept)",
+                crate::term::path(&out),
+                ckpt.config.text.context_length
+            );
             Ok(())
         }
         Command::Convert { model, out, dtype } => {
@@ -327,7 +356,15 @@ fn info(ckpt: &Checkpoint, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let kind = if ckpt.is_long_clip() { "Long-CLIP (positional_embedding + positional_embedding_res)" } else { "CLIP (one positional table)" };
+    let kind = if ckpt.is_long_clip() {
+        format!(
+            "Long-CLIP (positional_embedding rows 0..{k} + positional_embedding_res rows {k}..{n})",
+            k = c.text.keep_positions,
+            n = c.text.context_length
+        )
+    } else {
+        "CLIP (one positional table)".to_string()
+    };
     println!("file        {}", crate::term::path(&ckpt.path));
     println!("format      {}", ckpt.format);
     println!("model       {kind}");

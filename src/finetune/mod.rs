@@ -2,10 +2,11 @@
 //! matching, as the official `train/train.py`:
 //!
 //! - the model starts from a Long-CLIP checkpoint, or from a 77-position
-//!   CLIP stretched to 248 (KPS); `positional_embedding` (whose rows 0..20
-//!   the text encoder reads) is frozen, `positional_embedding_res` (rows
-//!   20..248) and every other tensor train, `logit_scale` included, all in
-//!   one AdamW group with weight decay;
+//!   CLIP stretched to 248 (KPS); `positional_embedding` (whose rows 0..K
+//!   the text encoder reads, K = 20 unless stretched with another `--keep`)
+//!   is frozen, `positional_embedding_res` (rows K..) and every other
+//!   tensor train, `logit_scale` included, all in one AdamW group with
+//!   weight decay;
 //! - the loss is [`crate::pcm`]'s long + short loss of each batch;
 //! - the encoders can run the batch in chunks with a gradient cache, so the
 //!   contrastive batch (the authors use 2048) does not have to fit in memory.
@@ -32,7 +33,7 @@ use crate::model::LongClip;
 use crate::pcm::{self, PcmOptions};
 use crate::stretch;
 
-/// The frozen table: its rows 0..20 are the ones the text encoder reads.
+/// The frozen table: its rows 0..K (`keep_positions`) are the ones the text encoder reads.
 pub const FROZEN: &str = "positional_embedding";
 pub const LOGIT_SCALE: &str = "logit_scale";
 
@@ -47,14 +48,15 @@ pub struct Params {
 }
 
 impl Params {
-    /// Takes a Long-CLIP checkpoint as it is, stretches a 77-position CLIP
-    /// (KPS), or splits a merged 248-row table (Hugging Face export) into
-    /// the frozen and trained copies. `log_scale` resets `logit_scale` (the
+    /// Takes a Long-CLIP checkpoint as it is (any number of positions,
+    /// split at its `keep_positions`), stretches a CLIP of at most 77
+    /// positions (KPS), or splits a merged table of more rows (Hugging Face
+    /// export, split where its config says) into the frozen and trained copies. `log_scale` resets `logit_scale` (the
     /// official `--log_scale`); `None` keeps the checkpoint's.
     pub fn from_checkpoint(ckpt: Checkpoint, device: &Device, log_scale: Option<f64>) -> Result<Params> {
         let mut ckpt = ckpt;
         if !ckpt.is_long_clip() {
-            if ckpt.config.text.context_length == 248 {
+            if ckpt.config.text.context_length > 77 {
                 let table = ckpt.get(FROZEN)?.clone();
                 ckpt.tensors.insert("positional_embedding_res".into(), table);
             } else {
