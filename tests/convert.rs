@@ -232,24 +232,13 @@ fn hf_export_writes_processor_and_tokenizer_configs() {
 /// after a loud "skipped" line. CI does not install it (PyPI's torch wheel
 /// brings the CUDA libraries: 5.6 GB, ~6 minutes; see README, `convert`).
 fn hf_python(test: &str) -> Option<PathBuf> {
-    let problem = match std::env::var_os("LONGCLIP_HF_PYTHON") {
-        None => "LONGCLIP_HF_PYTHON is not set".to_string(),
-        Some(p) => match Command::new(&p).args(["-c", "import transformers, torch, PIL, numpy, ftfy"]).output() {
-            Ok(o) if o.status.success() => return Some(PathBuf::from(p)),
-            Ok(o) => format!(
-                "LONGCLIP_HF_PYTHON={}: `import transformers, torch, PIL, numpy, ftfy` failed: {}",
-                p.to_string_lossy(),
-                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
-            ),
-            Err(e) => format!("LONGCLIP_HF_PYTHON={}: cannot run it: {e}", p.to_string_lossy()),
-        },
-    };
-    // straight to stderr, past the test harness' capture: a skip must be seen
-    let loud = format!(
-        "\n**********\n*** skipped: {test}: {problem}.\n*** Set LONGCLIP_HF_PYTHON to a Python with transformers, torch, pillow, numpy and ftfy to run it.\n**********\n"
-    );
-    std::io::Write::write_all(&mut std::io::stderr(), loud.as_bytes()).ok();
-    None
+    match common::python_from_env("LONGCLIP_HF_PYTHON", &["transformers", "torch", "PIL", "numpy", "ftfy"]) {
+        Ok(p) => Some(p),
+        Err(problem) => {
+            common::say_skipped(test, &problem, "Set LONGCLIP_HF_PYTHON to a Python with transformers, torch, pillow, numpy and ftfy to run it.");
+            None
+        }
+    }
 }
 
 #[test]

@@ -27,22 +27,10 @@ fn script(rel: &str) -> PathBuf {
 /// The Python of `LONGCLIP_PYTHON` if it imports `modules`; else `None`
 /// after a loud "skipped" line, or a panic under `LONGCLIP_REQUIRE_PYTHON=1`.
 fn python_with(modules: &[&str], test: &str) -> Option<PathBuf> {
-    let problem = match std::env::var_os("LONGCLIP_PYTHON") {
-        None => "LONGCLIP_PYTHON is not set".to_string(),
-        Some(p) => {
-            let import = format!("import {}", modules.join(", "));
-            match Command::new(&p).args(["-c", &import]).output() {
-                Ok(o) if o.status.success() => return Some(PathBuf::from(p)),
-                Ok(o) => format!(
-                    "LONGCLIP_PYTHON={}: `{import}` failed: {}",
-                    p.to_string_lossy(),
-                    String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
-                ),
-                Err(e) => format!("LONGCLIP_PYTHON={}: cannot run it: {e}", p.to_string_lossy()),
-            }
-        }
-    };
-    unavailable(test, &format!("{problem} (it needs a Python with {})", modules.join(", ")))
+    match common::python_from_env("LONGCLIP_PYTHON", modules) {
+        Ok(p) => Some(p),
+        Err(problem) => unavailable(test, &format!("{problem} (it needs a Python with {})", modules.join(", "))),
+    }
 }
 
 /// Java for Spark: `java` on PATH or under JAVA_HOME.
@@ -58,9 +46,7 @@ fn unavailable<T>(test: &str, problem: &str) -> Option<T> {
     if std::env::var("LONGCLIP_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
         panic!("{test}: LONGCLIP_REQUIRE_PYTHON=1 but {problem}; .ci/run makes target/pyvenv and sets LONGCLIP_PYTHON to it");
     }
-    // straight to stderr, past the test harness' capture: a skip must be seen
-    let loud = format!("\n**********\n*** skipped: {test}: {problem}.\n*** Set LONGCLIP_PYTHON (see .ci/run) to run it.\n**********\n");
-    std::io::Write::write_all(&mut std::io::stderr(), loud.as_bytes()).ok();
+    common::say_skipped(test, problem, "Set LONGCLIP_PYTHON (see .ci/run) to run it.");
     None
 }
 

@@ -155,3 +155,22 @@ pub fn write_npy_f32(path: &Path, data: &[f32], rows: usize, cols: usize) {
     t.write_npy(path).unwrap();
 }
 
+
+/// The Python named by env `var` if it imports `modules`; otherwise why not,
+/// for a test to skip loudly (or fail where CI requires it).
+pub fn python_from_env(var: &str, modules: &[&str]) -> Result<PathBuf, String> {
+    let Some(p) = std::env::var_os(var) else { return Err(format!("{var} is not set")) };
+    let import = format!("import {}", modules.join(", "));
+    match Command::new(&p).args(["-c", &import]).output() {
+        Ok(o) if o.status.success() => Ok(PathBuf::from(p)),
+        Ok(o) => Err(format!("{var}={}: `{import}` failed: {}", p.to_string_lossy(), String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""))),
+        Err(e) => Err(format!("{var}={}: cannot run it: {e}", p.to_string_lossy())),
+    }
+}
+
+/// Prints a "skipped" banner straight to stderr, past the test harness'
+/// capture: a skip must be seen.
+pub fn say_skipped(test: &str, problem: &str, how: &str) {
+    let loud = format!("\n**********\n*** skipped: {test}: {problem}.\n*** {how}\n**********\n");
+    std::io::Write::write_all(&mut std::io::stderr(), loud.as_bytes()).ok();
+}
