@@ -6,30 +6,23 @@
 //! (default ../shared/datasets/urban1k, all 1,000 pairs). Not criterion: one
 //! cold run takes minutes, and what matters is where the time goes.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
 use longclip::checkpoint::{self, Config};
-use longclip::datasets::{self, LoadOptions, OnMissing};
+use longclip::datasets::OnMissing;
 use longclip::evaluate::{self, Encoder};
 use longclip::model::LongClip;
+
+#[path = "common/urban.rs"]
+mod urban;
+use urban::urban_from_args;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let root = args.first().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets/urban1k")));
-    if !root.exists() {
-        eprintln!("skipped: {} is not there", root.display());
-        return Ok(());
-    }
-    let mut data = datasets::load("urban1k", &root, &LoadOptions::default())?;
-    if let Some(n) = args.get(1).and_then(|n| n.parse::<usize>().ok()) {
-        data.images.truncate(n);
-        data.captions.truncate(n);
-    }
+    let Some((root, data)) = urban_from_args()? else { return Ok(()) };
     let ckpt = checkpoint::random(&Config::preset("longclip-b")?, 0)?;
     let fingerprint = ckpt.fingerprint()?;
     let model = LongClip::new(&ckpt, &Device::Cpu, DType::F32)?;

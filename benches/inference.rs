@@ -17,12 +17,15 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use longclip::checkpoint::{self, Config};
-use longclip::datasets::{self, LoadOptions};
 use longclip::index::{self, BuildOptions, ModelInfo};
 use longclip::inference::{self, webdataset, InferenceOptions, InputFormat};
 use longclip::model::LongClip;
 use longclip::preprocess::Transform;
 use rayon::prelude::*;
+
+#[path = "common/urban.rs"]
+mod urban;
+use urban::urban_from_args;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -31,17 +34,7 @@ const PER_SHARD: usize = 100;
 const BATCH: usize = 32;
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let root = args.first().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/datasets/urban1k")));
-    if !root.exists() {
-        eprintln!("skipped: {} is not there", root.display());
-        return Ok(());
-    }
-    let mut data = datasets::load("urban1k", &root, &LoadOptions::default())?;
-    if let Some(n) = args.get(1).and_then(|n| n.parse::<usize>().ok()) {
-        data.images.truncate(n);
-        data.captions.truncate(n);
-    }
+    let Some((_, data)) = urban_from_args()? else { return Ok(()) };
     let work = tempfile::tempdir()?;
     let (shards, loose) = pack(&data.images, &data.captions, work.path())?;
     let threads = rayon::current_num_threads();

@@ -259,7 +259,7 @@ pub struct ServeArgs {
 }
 
 /// "1 segment", "2 segments"; `words` is "segment" or "entry/entries".
-fn count(n: usize, words: &str) -> String {
+pub(super) fn count(n: usize, words: &str) -> String {
     let (one, many) = match words.split_once('/') {
         Some((one, many)) => (one.to_string(), many.to_string()),
         None => (words.to_string(), format!("{words}s")),

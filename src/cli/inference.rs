@@ -7,6 +7,7 @@ use anyhow::Result;
 use candle_core::DType;
 use clap::Args;
 
+use super::index::count;
 use crate::inference::{self, InferenceOptions, InputFormat, PartitionReport};
 use crate::model::{self, LongClip};
 use crate::{checkpoint, search};
@@ -79,7 +80,7 @@ pub fn run(a: InferenceArgs) -> Result<()> {
             "inference: {} partitions ({} already done), {} in {secs:.2} s ({:.1} images/s), {skipped} skipped -> {}",
             reports.len(),
             reports.len() - done.len(),
-            plural(images, "image"),
+            count(images, "image"),
             images as f64 / secs.max(1e-9),
             crate::term::path(&opts.output_folder)
         );
@@ -87,33 +88,25 @@ pub fn run(a: InferenceArgs) -> Result<()> {
     Ok(())
 }
 
-fn partition_line(r: &PartitionReport, count: usize) -> String {
+fn partition_line(r: &PartitionReport, partitions: usize) -> String {
     let s = &r.stats;
     if r.already_done {
-        return format!("partition {}/{count}: already done ({}), skipped", r.partition, plural(s.sample_count, "image"));
+        return format!("partition {}/{partitions}: already done ({}), skipped", r.partition, count(s.sample_count, "image"));
     }
-    let texts = if s.text_count > 0 { format!(" + {}", plural(s.text_count, "caption")) } else { String::new() };
+    let texts = if s.text_count > 0 { format!(" + {}", count(s.text_count, "caption")) } else { String::new() };
     let mut line = format!(
-        "partition {}/{count}: {}{texts} in {:.2} s ({:.1} images/s), {} skipped",
-        r.partition, plural(s.sample_count, "image"), s.total_duration, s.images_per_second, s.skipped_count
+        "partition {}/{partitions}: {}{texts} in {:.2} s ({:.1} images/s), {} skipped",
+        r.partition, count(s.sample_count, "image"), s.total_duration, s.images_per_second, s.skipped_count
     );
     if !s.skipped.is_empty() {
         let why: Vec<String> = s.skipped.iter().map(|(k, n)| format!("{n} {k}")).collect();
         line.push_str(&format!(" ({}; see stats/{}.json)", why.join(", "), r.partition));
     }
     if !s.shard_errors.is_empty() {
-        line.push_str(&format!(", {} unreadable in part or whole", plural(s.shard_errors.len(), "shard")));
+        line.push_str(&format!(", {} unreadable in part or whole", count(s.shard_errors.len(), "shard")));
     }
     if s.truncated_captions > 0 {
         line.push_str(&format!(", {} captions cut to the model's positions", s.truncated_captions));
     }
     line
-}
-
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
 }

@@ -154,24 +154,9 @@ fn finished(files: &PartitionFiles) -> Option<Stats> {
 }
 
 /// Everything the job reads, before partitioning.
-enum AllWork {
-    Files(Vec<input::FileSample>),
-    Shards(Vec<PathBuf>),
-}
-
-impl AllWork {
-    /// Partition `index` of `count`: inputs whose number % count == index.
-    fn part(&self, index: usize, count: usize) -> Work {
-        match self {
-            AllWork::Files(f) => Work::Files(f.iter().enumerate().filter(|(n, _)| takes(*n, index, count)).map(|(_, s)| s.clone()).collect()),
-            AllWork::Shards(s) => Work::Shards(s.iter().enumerate().filter(|(n, _)| takes(*n, index, count)).map(|(_, s)| s.clone()).collect()),
-        }
-    }
-}
-
-fn list_work(opts: &InferenceOptions) -> Result<AllWork> {
+fn list_work(opts: &InferenceOptions) -> Result<Work> {
     match opts.input_format {
-        InputFormat::Webdataset => Ok(AllWork::Shards(input::list_shards(&opts.input)?)),
+        InputFormat::Webdataset => Ok(Work::Shards(input::list_shards(&opts.input)?)),
         InputFormat::Files => {
             let path = std::path::Path::new(&opts.input);
             if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("tar")) || opts.input.contains('{') {
@@ -184,7 +169,7 @@ fn list_work(opts: &InferenceOptions) -> Result<AllWork> {
             if samples.is_empty() {
                 bail!("{}: no images found (jpg, jpeg, png, webp, gif, bmp, tif, tiff; searched recursively)", path.display());
             }
-            Ok(AllWork::Files(samples))
+            Ok(Work::Files(samples))
         }
     }
 }

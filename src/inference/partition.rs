@@ -24,13 +24,24 @@ use crate::preprocess::Transform;
 use crate::table::{columns_from_rows, flatten_json, write_parquet, Column, Value};
 use crate::tokenizer::Tokenizer;
 
-/// What partition `index` reads.
+/// What a job, or one partition of it, reads.
 pub enum Work {
     Files(Vec<FileSample>),
     Shards(Vec<PathBuf>),
 }
 
 impl Work {
+    /// Partition `index` of `count`: inputs whose number % count == index.
+    pub fn part(&self, index: usize, count: usize) -> Work {
+        fn every<T: Clone>(items: &[T], index: usize, count: usize) -> Vec<T> {
+            items.iter().enumerate().filter(|(n, _)| super::takes(*n, index, count)).map(|(_, x)| x.clone()).collect()
+        }
+        match self {
+            Work::Files(f) => Work::Files(every(f, index, count)),
+            Work::Shards(s) => Work::Shards(every(s, index, count)),
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Work::Files(f) => f.len(),
@@ -82,6 +93,16 @@ struct Sink {
 /// the crash the restart tests replay.
 pub const CRASH_AFTER_BATCHES_ENV: &str = "LONGCLIP_TEST_CRASH_AFTER_BATCHES";
 
+impl Sink {
+    /// Gives up: the temporary embedding files go.
+    fn discard(self) {
+        self.images.discard();
+        if let Some(t) = self.texts {
+            t.discard();
+        }
+    }
+}
+
 /// Runs partition `index` of the job into `files`, returning its stats.
 pub fn run(model: &LongClip, device: &Device, opts: &InferenceOptions, base: Stats, files: &PartitionFiles, work: Work) -> Result<Stats> {
     let started = Instant::now();
@@ -102,17 +123,11 @@ pub fn run(model: &LongClip, device: &Device, opts: &InferenceOptions, base: Sta
     let outcome = pump(model, device, opts, &work, &mut sink, &mut stats, files, &bar);
     bar.finish_and_clear();
     if let Err(e) = outcome {
-        sink.images.discard();
-        if let Some(t) = sink.texts {
-            t.discard();
-        }
+        sink.discard();
         return Err(e);
     }
     if stats.shards > 0 && stats.shard_errors.len() == stats.shards && stats.sample_count == 0 {
-        sink.images.discard();
-        if let Some(t) = sink.texts {
-            t.discard();
-        }
+        sink.discard();
         anyhow::bail!(
             "partition {}: none of its {} could be read, so it is not marked done (rerun once they are fixed):\n  {}",
             stats.partition,
@@ -135,10 +150,7 @@ pub fn run(model: &LongClip, device: &Device, opts: &InferenceOptions, base: Sta
 /// Renames the outputs into place, or writes none for an empty partition.
 fn publish(sink: Sink, opts: &InferenceOptions, files: &PartitionFiles) -> Result<()> {
     if sink.images.rows() == 0 {
-        sink.images.discard();
-        if let Some(t) = sink.texts {
-            t.discard();
-        }
+        sink.discard();
         return Ok(());
     }
     let mut pending: Vec<Pending> = vec![sink.images.finish()?];
@@ -320,25 +332,25 @@ fn read_file_sample(s: &FileSample) -> Raw {
 
 /// A tar sample as a [`Raw`]; a key seen before in this partition has its
 /// image withheld so the sample is skipped as a duplicate.
-fn raw_of(sample: Sample, shard: &str, seen: &mut HashSet<String>) -> Raw {
+fn raw_of(mut sample: Sample, shard: &str, seen: &mut HashSet<String>) -> Raw {
     let image = if !seen.insert(sample.key.clone()) {
         Err((reasons::DUPLICATE_KEY, format!("{shard}: sample '{}': the key was already read in this partition; image_path must name one image", sample.key)))
     } else {
-        match sample.image() {
-            Some((ext, bytes)) => Ok((format!("{}.{ext}", sample.key), bytes.to_vec())),
+        match sample.image().map(|(ext, _)| ext) {
+            Some(ext) => Ok((format!("{}.{ext}", sample.key), sample.take(ext).unwrap_or_default())),
             None => {
                 let exts: Vec<&str> = sample.members.iter().map(|(e, _)| e.as_str()).collect();
                 Err((reasons::NO_IMAGE, format!("{shard}: sample '{}': members .{} but no .jpg, .jpeg, .png or .webp (the key ends at the first dot of the file name)", sample.key, exts.join(", ."))))
             }
         }
     };
-    let caption = sample.get("txt").map(<[u8]>::to_vec);
-    let metadata = sample.get("json").map(<[u8]>::to_vec);
+    let caption = sample.take("txt");
+    let metadata = sample.take("json");
     Raw { key: sample.key, shard: Some(shard.to_string()), image, caption, metadata }
 }
 
 /// Checks and decodes one sample.
-fn prepare(raw: Raw, transform: &Transform, opts: &InferenceOptions) -> Outcome {
+fn prepare(mut raw: Raw, transform: &Transform, opts: &InferenceOptions) -> Outcome {
     let at = match &raw.shard {
         Some(shard) => format!("{shard}: sample '{}'", raw.key),
         None => raw.key.clone(),
@@ -349,9 +361,9 @@ fn prepare(raw: Raw, transform: &Transform, opts: &InferenceOptions) -> Outcome 
         Err((reason, detail)) => return skip(reason, detail.clone()),
     };
     let caption = if opts.enable_text {
-        match &raw.caption {
+        match raw.caption.take() {
             None => return skip(reasons::NO_CAPTION, format!("{at}: no .txt caption")),
-            Some(b) => match String::from_utf8(b.clone()) {
+            Some(b) => match String::from_utf8(b) {
                 Ok(s) => Some(s),
                 Err(e) => return skip(reasons::CAPTION_NOT_UTF8, format!("{at}: caption is not UTF-8 ({e})")),
             },

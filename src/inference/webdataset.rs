@@ -30,8 +30,13 @@ impl Sample {
         self.members.iter().find(|(e, _)| e == ext).map(|(_, b)| b.as_slice())
     }
 
+    /// Takes the bytes of the member with extension `ext` out of the sample.
+    pub fn take(&mut self, ext: &str) -> Option<Vec<u8>> {
+        self.members.iter_mut().find(|(e, _)| e == ext).map(|(_, b)| std::mem::take(b))
+    }
+
     /// The image member: the first of `IMAGE_EXTENSIONS` present.
-    pub fn image(&self) -> Option<(&str, &[u8])> {
+    pub fn image(&self) -> Option<(&'static str, &[u8])> {
         IMAGE_EXTENSIONS.iter().find_map(|ext| self.get(ext).map(|b| (*ext, b)))
     }
 }
