@@ -388,6 +388,43 @@ pub struct ProbeRow {
     /// The lowest and highest numbers another order of exact ties would give.
     #[serde(skip)]
     pub tie_range: Option<(RetrievalScores, RetrievalScores)>,
+    /// What a perfect reader of the cut captions could reach.
+    #[serde(flatten)]
+    pub ceiling: ReaderCeiling,
+}
+
+/// The T2I R@1/5/10 (percent) that a perfect reader of the cut captions
+/// could reach: a cut caption whose ids equal the cut ids of captions of m
+/// different images cannot tell those m images apart, so the best any model
+/// can expect is min(K, m) / m for it (the true image placed uniformly
+/// among the m). With whole, distinct captions it is 100. T2I only: for
+/// I2T with several captions an image, "perfect" is not one number.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ReaderCeiling {
+    #[serde(rename = "ceiling_t2i_r1")]
+    pub t2i_r1: f64,
+    #[serde(rename = "ceiling_t2i_r5")]
+    pub t2i_r5: f64,
+    #[serde(rename = "ceiling_t2i_r10")]
+    pub t2i_r10: f64,
+}
+
+/// [`ReaderCeiling`] of the cut captions `ids` (one row a text, SOT..EOT)
+/// whose images are `text_image`.
+pub fn reader_ceiling(ids: &[Vec<u32>], text_image: &[usize]) -> ReaderCeiling {
+    let mut images_of: HashMap<&[u32], std::collections::BTreeSet<usize>> = HashMap::new();
+    for (t, &image) in ids.iter().zip(text_image) {
+        images_of.entry(t.as_slice()).or_default().insert(image);
+    }
+    let mut sums = [0.0f64; 3];
+    for t in ids {
+        let m = images_of[t.as_slice()].len() as f64;
+        for (sum, k) in sums.iter_mut().zip([1.0f64, 5.0, 10.0]) {
+            *sum += k.min(m) / m;
+        }
+    }
+    let percent = |sum: f64| 100.0 * sum / ids.len().max(1) as f64;
+    ReaderCeiling { t2i_r1: percent(sums[0]), t2i_r5: percent(sums[1]), t2i_r10: percent(sums[2]) }
 }
 
 /// R@K at each length: `encode` turns token ids into normalized features.
@@ -421,7 +458,8 @@ fn probe_rows_timed(
         let t = Instant::now();
         let ranks = metrics::retrieval_ranks(image_features, &features, text_image)?;
         search += t.elapsed().as_secs_f64();
-        rows.push(ProbeRow { length, scores: ranks.scores(), tie_range: ranks.tie_range() });
+        let ceiling = reader_ceiling(&ids, text_image);
+        rows.push(ProbeRow { length, scores: ranks.scores(), tie_range: ranks.tie_range(), ceiling });
     }
     Ok((rows, search))
 }

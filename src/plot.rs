@@ -90,7 +90,7 @@ impl Chart {
         if let Some((mx, label)) = &self.marker {
             let (sx, _) = self.to_screen(*mx, 0.0);
             let _ = writeln!(s, r##"<line x1="{sx:.1}" y1="{y0:.1}" x2="{sx:.1}" y2="{y1:.1}" stroke="#777" stroke-dasharray="4 4"/>"##);
-            let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" fill="#555">{}</text>"##, sx + 4.0, y1 + 14.0, xml(label));
+            let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" fill="#555">{}</text>"##, sx + 4.0, y0 - 8.0, xml(label));
         }
         for series in &self.series {
             let [r, g, b] = PALETTE[series.color % PALETTE.len()];
@@ -141,7 +141,8 @@ impl Chart {
         if let Some((mx, label)) = &self.marker {
             let (sx, _) = self.to_screen(*mx, 0.0);
             c.line(sx, y0, sx, y1, 1.0, [119, 119, 119], Some((4.0, 4.0)));
-            c.text(sx + 4.0, y1 + 14.0, label, [85, 85, 85], Anchor::Start, false);
+            // At the bottom: the legend takes the top left.
+            c.text(sx + 4.0, y0 - 8.0, label, [85, 85, 85], Anchor::Start, false);
         }
         for series in &self.series {
             let color = PALETTE[series.color % PALETTE.len()];

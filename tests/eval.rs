@@ -186,15 +186,33 @@ fn probe_shows_the_jump_when_the_answer_lies_past_token_77() {
     // first): R@1 = 1/8, R@5 = 5/8; images likewise rank captions by index.
     for r in &rows[..3] {
         assert_eq!((r.scores.t2i_r1, r.scores.t2i_r5, r.scores.t2i_r10), (12.5, 62.5, 100.0), "length {}", r.length);
+        // The 8 cut captions are equal: no reader could do better than this model.
+        assert_eq!((r.ceiling.t2i_r1, r.ceiling.t2i_r5, r.ceiling.t2i_r10), (12.5, 62.5, 100.0), "length {}", r.length);
         assert_eq!((r.scores.i2t_r1, r.scores.i2t_r5), (12.5, 62.5), "length {}", r.length);
     }
     // Token 82 (index 81) is the word: 83 tokens keep it, and so does 248.
     for r in &rows[3..] {
         assert_eq!((r.scores.t2i_r1, r.scores.i2t_r1), (100.0, 100.0), "length {}", r.length);
+        assert_eq!(r.ceiling.t2i_r1, 100.0);
     }
     // By words: 80 words hide it, 81 show it.
     let rows = evaluate::probe_rows(&texts, &text_image, &images, &[80, 81], Unit::Words, 248, &mut encode).unwrap();
     assert_eq!((rows[0].scores.t2i_r1, rows[1].scores.t2i_r1), (12.5, 100.0));
+}
+
+/// The ceiling counts the images a cut caption cannot tell apart: those
+/// with a caption cut to the same ids (several captions an image allowed).
+#[test]
+fn the_perfect_reader_ceiling_counts_indistinguishable_images() {
+    let ids = vec![vec![1u32, 9], vec![1, 9], vec![2, 9], vec![1, 9], vec![3, 9]];
+    // Texts 0 and 1 describe image 0, text 3 image 2: ids [1, 9] fit images 0 and 2.
+    let c = evaluate::reader_ceiling(&ids, &[0, 0, 1, 2, 3]);
+    assert_eq!(c.t2i_r1, 100.0 * (0.5 + 0.5 + 1.0 + 0.5 + 1.0) / 5.0);
+    assert_eq!((c.t2i_r5, c.t2i_r10), (100.0, 100.0));
+    // Eleven images with one cut caption: R@10 = 10/11.
+    let same = vec![vec![7u32]; 11];
+    let c = evaluate::reader_ceiling(&same, &(0..11).collect::<Vec<_>>());
+    assert!((c.t2i_r1 - 100.0 / 11.0).abs() < 1e-12 && (c.t2i_r10 - 1000.0 / 11.0).abs() < 1e-12, "{c:?}");
 }
 
 #[test]
@@ -225,7 +243,10 @@ fn probe_at_full_length_equals_eval_and_writes_json_csv_and_plots() {
     assert_eq!(probe["models"][0]["timings"]["images_cached"], 12);
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 5);
     let svg_text = std::fs::read_to_string(&svg).unwrap();
-    assert_eq!(svg_text.matches("<polyline").count(), 2);
+    // T2I, I2T and the perfect reader's ceiling.
+    assert_eq!(svg_text.matches("<polyline").count(), 3);
+    assert!(svg_text.contains("perfect reader T2I"));
+    assert!(rows.iter().all(|r| r["ceiling_t2i_r1"].as_f64().is_some()));
 
     // Two models on one PNG, by words.
     let png = dir.path().join("probe.png");

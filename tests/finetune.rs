@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 use longclip::checkpoint::{self, Activation, Config, TextConfig, VisionConfig};
 use longclip::export;
-use longclip::finetune::data::ShortCaption;
+use longclip::finetune::data::{CaptionCuts, ShortCaption};
 use longclip::finetune::optim::AdamWConfig;
 use longclip::finetune::run::{self, RunConfig};
 use longclip::finetune::{gradients, Batch, Params, StepOptions};
@@ -248,6 +248,7 @@ fn run_config(model: &Path, data: &Path, out: &Path) -> RunConfig {
         log_scale: (1.0f64 / 0.07).ln(),
         pcm: PcmOptions { pca_dim: 8, pca_group: 0, label_smoothing: 0.1 },
         short: ShortCaption::Column("short".into()),
+        cuts: CaptionCuts::default(),
         device: "cpu".into(),
         dtype: "f32".into(),
         resume: false,
@@ -344,15 +345,17 @@ fn finetune_command_resumes_bit_for_bit_and_skips_bad_images() {
     std::fs::write(&data, csv).unwrap();
     let start = dir.path().join("random.safetensors");
     export::save_checkpoint(&checkpoint::random(&tiny_config(), 5).unwrap(), &start).unwrap();
-    let common = |out: &Path| -> Vec<String> {
+    let with_share = |out: &Path, share: &str| -> Vec<String> {
         [
             "finetune", "--model", s(&start), "--data", s(&data), "--out", s(out), "--epochs", "2", "--batch-size", "4",
             "--lr", "1e-3", "--warmup", "2", "--pca-dim", "2", "--accumulate", "2", "--save-every", "2", "--quiet",
+            "--cut-share", share,
         ]
         .iter()
         .map(|a| a.to_string())
         .collect()
     };
+    let common = |out: &Path| with_share(out, "0.5");
     let args = |v: &[String], extra: &[&str]| -> Vec<String> { v.iter().cloned().chain(extra.iter().map(|a| a.to_string())).collect() };
     let run = |v: Vec<String>| longclip(&v.iter().map(String::as_str).collect::<Vec<_>>());
     // 12 records, batch 4: 3 steps an epoch, 6 in all.
@@ -372,6 +375,13 @@ fn finetune_command_resumes_bit_for_bit_and_skips_bad_images() {
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(split.join("checkpoints/step-00000003/state.json")).unwrap()).unwrap();
     assert_eq!(state["step"], 3);
+    assert_eq!(state["recipe"]["cuts"], serde_json::json!({"share": 0.5, "min_tokens": 2}));
+    // The cuts are part of the recipe: another share does not resume the run.
+    let other = Command::new(env!("CARGO_BIN_EXE_longclip"))
+        .args(args(&with_share(&split, "0.25"), &["--resume"]))
+        .output()
+        .unwrap();
+    assert!(!other.status.success() && String::from_utf8_lossy(&other.stderr).contains("different recipe"));
     run(args(&common(&split), &["--resume"]));
     let a = checkpoint::load(&straight.join("model.safetensors")).unwrap();
     let b = checkpoint::load(&split.join("model.safetensors")).unwrap();

@@ -526,6 +526,9 @@ pub fn probe(args: ProbeArgs) -> Result<()> {
             rows.iter().map(move |r| {
                 let mut v = json!({"length": r.length, "model": path.display().to_string()});
                 add_scores(&mut v, &r.scores);
+                v["ceiling_t2i_r1"] = json!(r.ceiling.t2i_r1);
+                v["ceiling_t2i_r5"] = json!(r.ceiling.t2i_r5);
+                v["ceiling_t2i_r10"] = json!(r.ceiling.t2i_r10);
                 if let Some(range) = &r.tie_range {
                     v["ties"] = ties_json(range);
                 }
@@ -579,17 +582,22 @@ fn model_labels(paths: &[PathBuf]) -> Vec<String> {
 }
 
 fn probe_table(rows: &[ProbeRow]) -> String {
-    let mut s = format!("{:>6}  {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}\n", "length", "T2I R@1", "R@5", "R@10", "I2T R@1", "R@5", "R@10");
+    let mut s = format!(
+        "{:>6}  {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}   {:>8}\n",
+        "length", "T2I R@1", "R@5", "R@10", "I2T R@1", "R@5", "R@10", "ceiling"
+    );
     for r in rows {
         let v: Vec<String> = r.scores.named().iter().map(|(_, v)| cell(Some(*v), 7)).collect();
         let mark = if r.tie_range.is_some() { "  (ties)" } else { "" };
-        s += &format!("{:>6}  {} {} {}   {} {} {}{mark}\n", r.length, v[0], v[1], v[2], v[3], v[4], v[5]);
+        let ceiling = cell(Some(r.ceiling.t2i_r1), 8);
+        s += &format!("{:>6}  {} {} {}   {} {} {}   {ceiling}{mark}\n", r.length, v[0], v[1], v[2], v[3], v[4], v[5]);
     }
+    s += "ceiling: the T2I R@1 a perfect reader of the cut captions could reach (captions cut to equal ids cannot tell their images apart)\n";
     s
 }
 
 fn probe_csv(rows: &[Value]) -> String {
-    let keys = ["model", "length", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"];
+    let keys = ["model", "length", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "ceiling_t2i_r1", "ceiling_t2i_r5", "ceiling_t2i_r10"];
     let mut s = keys.join(",") + "\n";
     for r in rows {
         let v: Vec<String> = keys.iter().map(|k| match &r[*k] {
@@ -608,6 +616,11 @@ fn probe_chart(all: &[(String, Vec<ProbeRow>)], unit: Unit, data: &Dataset) -> C
         let points = |f: fn(&RetrievalScores) -> f64| rows.iter().map(|r| (r.length as f64, f(&r.scores))).collect();
         series.push(Series { label: format!("{label} T2I"), color: i, dashed: false, points: points(|s| s.t2i_r1) });
         series.push(Series { label: format!("{label} I2T"), color: i, dashed: true, points: points(|s| s.i2t_r1) });
+    }
+    // The ceiling depends on the captions only: one line for every model.
+    if let Some((_, rows)) = all.first() {
+        let points = rows.iter().map(|r| (r.length as f64, r.ceiling.t2i_r1)).collect();
+        series.push(Series { label: "perfect reader T2I".into(), color: all.len(), dashed: true, points });
     }
     let marker = match unit {
         Unit::Tokens => "77 tokens (CLIP's limit)",

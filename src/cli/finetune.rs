@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::checkpoint;
 use crate::embed::{self, Embedder};
-use crate::finetune::data::ShortCaption;
+use crate::finetune::data::{CaptionCuts, ShortCaption};
 use crate::finetune::optim::AdamWConfig;
 use crate::finetune::run::{self, RunConfig};
 use crate::model::{self, LongClip};
@@ -55,6 +55,12 @@ pub struct FinetuneArgs {
     /// One PCA per this many consecutive samples (0: the whole batch). 128 is the official run: 16 GPUs x 128, one PCA per GPU.
     #[arg(long, default_value_t = 128)]
     pca_group: usize,
+    /// Share of long captions cut, at each step, to a random token length (0: none, the official recipe). Teaches a model to match a caption's beginning, as the probe and a 77-token reader see it.
+    #[arg(long, default_value_t = 0.0)]
+    cut_share: f64,
+    /// Shortest cut in tokens, SOT and EOT included; lengths are uniform from here to the caption's length minus one.
+    #[arg(long, default_value_t = 2)]
+    cut_min: usize,
     /// first-sentence (the caption up to the first ". ") or column:NAME.
     #[arg(long, default_value = "first-sentence")]
     short_caption: String,
@@ -102,6 +108,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         log_scale: args.log_scale,
         pcm: PcmOptions { pca_dim: args.pca_dim, pca_group: args.pca_group, label_smoothing: LABEL_SMOOTHING },
         short,
+        cuts: CaptionCuts { share: args.cut_share, min_tokens: args.cut_min },
         device: args.device,
         dtype: args.dtype,
         resume: args.resume,

@@ -21,10 +21,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::mpsc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::preprocess::Transform;
+use crate::rng::SplitMix;
 use crate::tokenizer::Tokenizer;
 
 /// Records the authors hold out of ShareGPT4V for evaluation.
@@ -356,8 +358,17 @@ impl LoadedBatch {
     }
 }
 
-/// Decodes, preprocesses and tokenizes one batch (images on all cores).
-pub fn load_batch(records: &[Record], indices: &[usize], transform: &Transform, context_length: usize, step: usize) -> Result<LoadedBatch> {
+/// Decodes, preprocesses and tokenizes one batch (images on all cores),
+/// then cuts a share of its long captions (`cuts`, drawn from (seed, step)).
+pub fn load_batch(
+    records: &[Record],
+    indices: &[usize],
+    transform: &Transform,
+    context_length: usize,
+    cuts: &CaptionCuts,
+    seed: u64,
+    step: usize,
+) -> Result<LoadedBatch> {
     let paths: Vec<PathBuf> = indices.iter().map(|&i| records[i].image.clone()).collect();
     let images = transform.batch_from_paths(&paths);
     let mut batch = LoadedBatch { step, pixels: Vec::new(), long: Vec::new(), short: Vec::new(), skipped: Vec::new() };
@@ -376,7 +387,73 @@ pub fn load_batch(records: &[Record], indices: &[usize], transform: &Transform, 
     let short: Vec<String> = kept.iter().map(|&i| records[i].short.clone()).collect();
     batch.long = tok.encode_batch(&long, context_length)?.into_iter().map(|e| e.ids).collect();
     batch.short = tok.encode_batch(&short, context_length)?.into_iter().map(|e| e.ids).collect();
+    cuts.apply(&mut batch.long, seed, step);
     Ok(batch)
+}
+
+// ---------------------------------------------------------------------------
+// Cut captions
+
+/// Cutting long captions at random token lengths while training
+/// (`finetune --cut-share S --cut-min M`), so the model also learns to
+/// match a caption's beginning to its image, the way the probe and a
+/// 77-token reader see it. Each long caption of a step is cut with
+/// probability `share` to a length drawn uniformly from `min_tokens ..
+/// n - 1` (n: its SOT..EOT ids); captions of at most `min_tokens` ids stay
+/// whole. Short captions are never cut. The draws are a function of
+/// (seed, step, row) only, so a resumed run cuts as the uninterrupted one.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaptionCuts {
+    /// In [0, 1]; 0 (the default) leaves every caption whole, as the official recipe.
+    pub share: f64,
+    /// The shortest cut, in ids with SOT and EOT (at least 2).
+    pub min_tokens: usize,
+}
+
+impl Default for CaptionCuts {
+    fn default() -> Self {
+        CaptionCuts { share: 0.0, min_tokens: 2 }
+    }
+}
+
+impl CaptionCuts {
+    /// Checks the share and the minimum (`--cut-share`, `--cut-min`).
+    pub fn validate(&self) -> Result<()> {
+        ensure!((0.0..=1.0).contains(&self.share), "--cut-share must be in [0, 1], got {}", self.share);
+        ensure!(self.min_tokens >= 2, "--cut-min must be at least 2 (SOT and EOT), got {}", self.min_tokens);
+        Ok(())
+    }
+
+    /// Cuts the rows of `long` (SOT..EOT ids) chosen for `step`.
+    pub fn apply(&self, long: &mut [Vec<u32>], seed: u64, step: usize) {
+        if self.share <= 0.0 {
+            return;
+        }
+        let mut rng = SplitMix(seed ^ (step as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F) ^ 0xC0_7CA9);
+        for ids in long.iter_mut() {
+            // Two draws per row whether or not it is cut: row k's draws
+            // do not depend on the rows before it.
+            let (pick, at) = (rng.unit(), rng.next_u64());
+            if pick < self.share && ids.len() > self.min_tokens {
+                let span = (ids.len() - self.min_tokens) as u64;
+                *ids = cut_ids(ids, self.min_tokens + (at % span) as usize);
+            }
+        }
+    }
+}
+
+/// `ids` (SOT..EOT) cut to `length` ids as the official
+/// `tokenize(text, context_length=length, truncate=True)` cuts: the first
+/// `length` ids with the last one replaced by EOT. Shorter ids are returned whole.
+pub fn cut_ids(ids: &[u32], length: usize) -> Vec<u32> {
+    if ids.len() <= length {
+        return ids.to_vec();
+    }
+    let mut cut = ids[..length].to_vec();
+    if let Some(last) = cut.last_mut() {
+        *last = crate::tokenizer::EOT;
+    }
+    cut
 }
 
 /// Loads the batches of steps `first..last` on a background thread,
@@ -388,13 +465,14 @@ pub fn spawn_loader(
     steps: std::ops::Range<usize>,
     transform: Transform,
     context_length: usize,
+    cuts: CaptionCuts,
     prefetch: usize,
 ) -> (mpsc::Receiver<Result<LoadedBatch>>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::sync_channel(prefetch.max(1));
     let handle = std::thread::spawn(move || {
         for step in steps {
             let indices = batch_indices(records.len(), batch_size, seed, step);
-            let batch = load_batch(&records, &indices, &transform, context_length, step);
+            let batch = load_batch(&records, &indices, &transform, context_length, &cuts, seed, step);
             if tx.send(batch).is_err() {
                 break;
             }
@@ -488,5 +566,52 @@ mod tests {
         assert_eq!(batches, order);
         assert_eq!(batch_indices(10, 4, 7, 2).len(), 2);
         assert_eq!(batch_indices(10, 4, 7, 3), epoch_order(10, 7, 1)[..4].to_vec());
+    }
+
+    /// A cut is what the probe and the official `tokenize(..., truncate=True)`
+    /// give for that length, for every length of a real caption.
+    #[test]
+    fn a_cut_caption_is_the_official_truncation() {
+        let text = "Nine shapes on a grey background. At the top left there is a large cyan striped triangle, and more.";
+        let tok = Tokenizer::global();
+        let whole = tok.encode(text, 248).unwrap().ids;
+        for length in 2..=whole.len() + 3 {
+            let official = crate::evaluate::truncated_ids(&[text.to_string()], length, crate::evaluate::Unit::Tokens, 248).unwrap();
+            assert_eq!(cut_ids(&whole, length), official[0], "length {length}");
+        }
+    }
+
+    #[test]
+    fn cuts_follow_the_share_and_the_range_and_depend_on_seed_and_step_only() {
+        let rows: Vec<Vec<u32>> = (0..2000).map(|i| (0..30 + (i % 5) as u32).collect()).collect();
+        let cut = |share: f64, min_tokens: usize, seed: u64, step: usize| {
+            let mut r = rows.clone();
+            CaptionCuts { share, min_tokens }.apply(&mut r, seed, step);
+            r
+        };
+        assert_eq!(cut(0.0, 2, 1, 1), rows, "share 0 leaves every caption whole");
+        let all = cut(1.0, 5, 1, 1);
+        let mut seen = std::collections::BTreeSet::new();
+        for (c, whole) in all.iter().zip(&rows) {
+            assert!(c.len() >= 5 && c.len() < whole.len(), "cut to {} of {}", c.len(), whole.len());
+            assert_eq!(&c[..c.len() - 1], &whole[..c.len() - 1]);
+            assert_eq!(*c.last().unwrap(), crate::tokenizer::EOT);
+            seen.insert(c.len());
+        }
+        assert_eq!(seen, (5..34).collect(), "every length from --cut-min to n - 1 occurs");
+        let half = cut(0.5, 2, 1, 1);
+        let n_cut = half.iter().zip(&rows).filter(|(c, w)| c.len() < w.len()).count();
+        // Binomial(2000, 0.5): mean 1000, sd 22.
+        assert!((900..1100).contains(&n_cut), "{n_cut} of 2000 cut at share 0.5");
+        assert_eq!(half, cut(0.5, 2, 1, 1), "a function of (seed, step)");
+        assert_ne!(half, cut(0.5, 2, 1, 2), "another step, other cuts");
+        assert_ne!(half, cut(0.5, 2, 2, 1), "another seed, other cuts");
+        // A caption no longer than --cut-min stays whole.
+        let mut short = vec![vec![1u32, 2, 3]];
+        CaptionCuts { share: 1.0, min_tokens: 3 }.apply(&mut short, 0, 0);
+        assert_eq!(short, vec![vec![1u32, 2, 3]]);
+        assert!(CaptionCuts { share: 1.5, min_tokens: 2 }.validate().is_err());
+        assert!(CaptionCuts { share: 0.5, min_tokens: 1 }.validate().is_err());
+        assert!(CaptionCuts { share: f64::NAN, min_tokens: 2 }.validate().is_err());
     }
 }

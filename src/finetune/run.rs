@@ -23,7 +23,7 @@ use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::data::{self, ShortCaption};
+use super::data::{self, CaptionCuts, ShortCaption};
 use super::eval::{self, EvalResult};
 use super::optim::{AdamWConfig, CosineSchedule, LossScale};
 use super::{Batch, NonFinite, Params, StepOptions, Trainer};
@@ -50,6 +50,8 @@ pub struct RunConfig {
     pub log_scale: f64,
     pub pcm: PcmOptions,
     pub short: ShortCaption,
+    /// Long captions cut at random token lengths (none by default).
+    pub cuts: CaptionCuts,
     pub device: String,
     pub dtype: String,
     pub resume: bool,
@@ -79,6 +81,9 @@ pub struct Recipe {
     pub pca_dim: usize,
     pub pca_group: usize,
     pub dtype: String,
+    /// Absent in states written before `--cut-share` existed: no cuts.
+    #[serde(default)]
+    pub cuts: CaptionCuts,
 }
 
 /// `state.json` of a checkpoint.
@@ -132,6 +137,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
     if cfg.batch_size == 0 || cfg.epochs == 0 || cfg.accumulate == 0 {
         bail!("--batch-size, --epochs and --accumulate must be at least 1");
     }
+    cfg.cuts.validate()?;
     let device = model::device(&cfg.device)?;
     let dtype = training_dtype(&cfg.dtype, &device)?;
     let dataset = data::read_dataset(&cfg.data, cfg.image_root.as_deref(), &cfg.short)?;
@@ -151,6 +157,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
         pca_dim: cfg.pcm.pca_dim,
         pca_group: cfg.pcm.pca_group,
         dtype: format!("{dtype:?}"),
+        cuts: cfg.cuts,
     };
     std::fs::create_dir_all(cfg.out.join("checkpoints")).with_context(|| format!("{}: cannot create", cfg.out.display()))?;
     let options = StepOptions { dtype, chunks: cfg.accumulate, pcm: cfg.pcm };
@@ -196,6 +203,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
         trainer.step..end,
         Transform::clip(image_size),
         context,
+        cfg.cuts,
         2,
     );
     let bar = progress_bar(cfg.progress, total_steps, trainer.step);
