@@ -79,8 +79,9 @@ pub struct Config {
     pub vision: VisionConfig,
     pub activation: Activation,
     /// Tokenizer, preprocessing and text tables ([`crate::family`]); files
-    /// written before families existed load as Long-CLIP.
-    #[serde(default)]
+    /// written before families existed load as Long-CLIP (and Long-CLIP's
+    /// configs are written as before, without the field).
+    #[serde(default, skip_serializing_if = "Family::is_long_clip")]
     pub family: Family,
 }
 

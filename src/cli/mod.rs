@@ -372,6 +372,8 @@ fn info(ckpt: &Checkpoint, json: bool) -> Result<()> {
             k = c.text.keep_positions,
             n = c.text.context_length
         )
+    } else if c.family == Family::Goal {
+        format!("GOAL (one {}-row position table, loaded as stored)", c.text.context_length)
     } else if ckpt.is_long_clip() {
         format!(
             "Long-CLIP (positional_embedding rows 0..{k} + positional_embedding_res rows {k}..{n})",

@@ -123,6 +123,11 @@ impl Family {
         self.rules().name()
     }
 
+    /// For serde's `skip_serializing_if`: Long-CLIP is what a missing field means.
+    pub fn is_long_clip(&self) -> bool {
+        *self == Family::LongClip
+    }
+
     /// The family's default text path (FG-CLIP: long, as its long-caption evals).
     pub fn default_text_path(self) -> TextPath {
         self.rules().text_paths()[0]
