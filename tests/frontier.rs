@@ -344,3 +344,26 @@ fn embed_takes_a_text_path_and_warns_on_truncation() {
     let err = fails(&["embed", "--model", s(&frontier("goal-tiny/goal-tiny.pth")), "--texts", s(&texts), "--out", "x.npy", "--text-path", "short"]);
     assert!(err.contains("no short text path"), "{err}");
 }
+
+#[test]
+fn an_index_records_its_family_and_queries_follow_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for f in IMAGES {
+        std::fs::copy(fixture(&format!("images/{f}")), images.join(f)).unwrap();
+    }
+    let goal_path = frontier("goal-tiny/goal-tiny.pth");
+    let index = tmp.path().join("goal-index");
+    ok(&["index", "build", "--model", s(&goal_path), "--images", s(&images), "--index", s(&index), "--no-hnsw", "--dtype", "f32"]);
+    assert_eq!(info_json(&index)["model"]["family"], "goal");
+    let hits = search_json(&["search", "--index", s(&index), "--text", "A cat jumping.", "--json"]);
+    assert_eq!(hits.len(), IMAGES.len());
+    // The same tensors read as Long-CLIP would tokenize and crop otherwise: refused.
+    let mut as_long_clip = goal();
+    as_long_clip.config.family = Family::LongClip;
+    let other = tmp.path().join("goal-as-long-clip.safetensors");
+    longclip::export::save_checkpoint(&as_long_clip, &other).unwrap();
+    let err = fails(&["search", "--index", s(&index), "--model", s(&other), "--text", "a cat"]);
+    assert!(err.contains("built with a GOAL model"), "{err}");
+}
