@@ -367,3 +367,25 @@ fn an_index_records_its_family_and_queries_follow_it() {
     let err = fails(&["search", "--index", s(&index), "--model", s(&other), "--text", "a cat"]);
     assert!(err.contains("built with a GOAL model"), "{err}");
 }
+
+#[test]
+fn eval_runs_either_text_path_with_its_own_text_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("urban");
+    ok(&["synth", "--out", s(&data), "--n", "12", "--seed", "3"]);
+    let cache = tmp.path().join("cache");
+    let model = frontier("fg-clip-tiny");
+    for path in ["long", "short"] {
+        let json = tmp.path().join(format!("{path}.json"));
+        let args = ["eval", "--model", s(&model), "--dataset", "urban1k", "--root", s(&data), "--embeddings-cache", s(&cache), "--json", s(&json), "--text-path", path];
+        let out = ok(&args);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("FG-CLIP {path} text path")));
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!((report["family"].as_str(), report["text_path"].as_str()), (Some("FG-CLIP"), Some(path)));
+        assert_eq!(report["context_length"], if path == "long" { 248 } else { 77 });
+    }
+    let dir = std::fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
+    let kinds: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(kinds.iter().any(|k| k.starts_with("texts-cpu-")), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k.starts_with("texts-short-cpu-")), "{kinds:?}");
+}
