@@ -389,3 +389,12 @@ fn eval_runs_either_text_path_with_its_own_text_cache() {
     assert!(kinds.iter().any(|k| k.starts_with("texts-cpu-")), "{kinds:?}");
     assert!(kinds.iter().any(|k| k.starts_with("texts-short-cpu-")), "{kinds:?}");
 }
+
+#[test]
+fn fine_tuning_refuses_other_families() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = fails(&[
+        "finetune", "--model", s(&frontier("fg-clip-tiny")), "--data", s(&tmp.path().join("none.json")), "--out", s(&tmp.path().join("out")),
+    ]);
+    assert!(err.contains("Long-CLIP's recipe") && err.contains("FG-CLIP"), "{err}");
+}
