@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::checkpoint;
+use crate::family::TextPath;
 use crate::index::{Index, ModelInfo, Segment};
 use crate::model::{l2_normalize, LongClip};
 
@@ -355,6 +356,13 @@ impl QueryEncoder {
     /// Loads `model` (default: the checkpoint the manifest records) and
     /// refuses one whose dim or identity differs from the index's.
     pub fn for_index(index: &Index, model: Option<&Path>, device: &str) -> Result<QueryEncoder> {
+        Self::for_index_with_text_path(index, model, device, None)
+    }
+
+    /// [`QueryEncoder::for_index`] with the text encoder of `text_path`
+    /// (FG-CLIP's short or long; None: the family's default, long).
+    /// Errors: as `for_index`, and a path the model's family does not have.
+    pub fn for_index_with_text_path(index: &Index, model: Option<&Path>, device: &str, text_path: Option<TextPath>) -> Result<QueryEncoder> {
         let path = match (model, &index.manifest.model.path) {
             (Some(p), _) => p.to_path_buf(),
             (None, Some(p)) => p.into(),
@@ -371,7 +379,7 @@ impl QueryEncoder {
         let info = model_info(&ckpt, &path)?;
         check_model(index, &info)?;
         let device = crate::model::device(device)?;
-        let model = LongClip::new(&ckpt, &device, DType::F32)?;
+        let model = LongClip::with_text_path(&ckpt, &device, DType::F32, text_path)?;
         Ok(QueryEncoder { model, device, info })
     }
 

@@ -398,3 +398,27 @@ fn fine_tuning_refuses_other_families() {
     ]);
     assert!(err.contains("Long-CLIP's recipe") && err.contains("FG-CLIP"), "{err}");
 }
+
+#[test]
+fn search_takes_fgclip_text_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for f in IMAGES {
+        std::fs::copy(fixture(&format!("images/{f}")), images.join(f)).unwrap();
+    }
+    let index = tmp.path().join("fg-index");
+    ok(&["index", "build", "--model", s(&frontier("fg-clip-tiny")), "--images", s(&images), "--index", s(&index), "--no-hnsw", "--dtype", "f32"]);
+    assert_eq!(info_json(&index)["model"]["family"], "fg_clip");
+    // Ranks follow the official logits of caption 0 on each path.
+    let exp = frontier_expected();
+    for (path, key) in [("long", "fgclip.logits_per_image_long"), ("short", "fgclip.logits_per_image_short")] {
+        let hits = search_json(&["search", "--index", s(&index), "--text", &captions()[0], "--json", "--text-path", path]);
+        let logits: Vec<f32> = rows(&exp[key]).iter().map(|r| r[0]).collect();
+        let mut want: Vec<usize> = (0..IMAGES.len()).collect();
+        want.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let got: Vec<String> = hits.iter().map(|h| h["path"].as_str().unwrap().rsplit('/').next().unwrap().to_string()).collect();
+        let want: Vec<String> = want.iter().map(|&i| IMAGES[i].to_string()).collect();
+        assert_eq!(got, want, "--text-path {path}");
+    }
+}
