@@ -18,6 +18,7 @@ use candle_core::pickle::{Object, Stack, TensorInfo};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::family::{self, Family, Storage};
 use crate::rng::SplitMix;
 
 /// Positions Long-CLIP copies unchanged from CLIP (knowledge-preserved
@@ -77,6 +78,11 @@ pub struct Config {
     pub text: TextConfig,
     pub vision: VisionConfig,
     pub activation: Activation,
+    /// Tokenizer, preprocessing and text tables ([`crate::family`]); files
+    /// written before families existed load as Long-CLIP (and Long-CLIP's
+    /// configs are written as before, without the field).
+    #[serde(default, skip_serializing_if = "Family::is_long_clip")]
+    pub family: Family,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +173,12 @@ impl Checkpoint {
         if self.is_long_clip() && self.config.text.keep_positions != KEEP_POSITIONS {
             hash.update(format!("keep_positions|{}|", self.config.text.keep_positions).as_bytes());
         }
+        // The family changes tokens and pixels from the same tensors (a GOAL
+        // .pth and a Long-CLIP HF port can hold the same ones); hashed only
+        // when it is not Long-CLIP, so older fingerprints (and caches) hold.
+        if self.config.family != Family::LongClip {
+            hash.update(format!("family|{:?}|", self.config.family).as_bytes());
+        }
         let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok(format!("sha256:{hex}"))
     }
@@ -199,16 +211,34 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         read_file(path)?
     };
     let raw = strip_wrapper_prefix(raw);
-    let (format, tensors) = match format {
-        Format::HuggingFace => (Format::HuggingFace, hf_to_official(raw, path)?),
-        f if looks_like_hf(&raw) => (f, hf_to_official(raw, path)?),
-        f => (f, raw),
+    let storage = match format {
+        Format::HuggingFace => Storage::HfFiles,
+        Format::TorchStateDict if looks_like_hf(&raw) => Storage::HfTorchZip,
+        _ if looks_like_hf(&raw) => Storage::HfFiles,
+        _ => Storage::Official,
     };
-    let hf_config = metadata.hf_config;
+    let family = match &metadata.config {
+        Some(c) => c.family,
+        None => family::detect(&raw, storage, path)?,
+    };
+    // Official names (our safetensors of any family) are final already.
+    let tensors = match storage {
+        Storage::Official => raw,
+        _ => {
+            let raw = family::prepare(family, raw).with_context(|| format!("{}: {} checkpoint", path.display(), family.name()))?;
+            hf_to_official(raw, path)?
+        }
+    };
+    // A bare HF state dict (GOAL's .pth) takes heads and activation from the
+    // base model's config.json beside it, as the official code loads it.
+    let hf_config = match storage {
+        Storage::HfTorchZip => metadata.hf_config.or_else(|| family::goal::base_config(path)),
+        _ => metadata.hf_config,
+    };
     let config = match (metadata.config, hf_config) {
         (Some(c), _) => c,
-        (None, Some(hf)) => config_from_hf(&hf, &tensors, path)?,
-        (None, None) => infer_config(&tensors, path)?,
+        (None, Some(hf)) => Config { family, ..config_from_hf(&hf, &tensors, path)? },
+        (None, None) => Config { family, ..infer_config(&tensors, path)? },
     };
     let (tensors, ignored) = keep_model_keys(tensors, &config);
     let ckpt = Checkpoint { path: path.to_path_buf(), format, config, tensors, ignored };
@@ -584,6 +614,11 @@ fn dims(tensors: &Tensors, key: &str, path: &Path) -> Result<Vec<usize>> {
 
 /// As the official `build_model`: heads = width / 64, layers counted from keys.
 fn infer_config(tensors: &Tensors, path: &Path) -> Result<Config> {
+    infer_config_with_heads(tensors, path, [None, None])
+}
+
+/// [`infer_config`] with the (text, vision) heads a config file gives.
+fn infer_config_with_heads(tensors: &Tensors, path: &Path, heads: [Option<usize>; 2]) -> Result<Config> {
     if !tensors.contains_key("visual.proj") && tensors.keys().any(|k| k.starts_with("visual.layer1.")) {
         bail!("{}: ResNet image towers (RN50, RN101, ...) are not supported; use a ViT checkpoint", path.display());
     }
@@ -609,7 +644,10 @@ fn infer_config(tensors: &Tensors, path: &Path) -> Result<Config> {
     let vision = VisionConfig {
         width: vwidth,
         layers: count_layers(tensors, "visual.transformer.resblocks."),
-        heads: official_heads(vwidth, "vision", path)?,
+        heads: match heads[1] {
+            Some(h) => h,
+            None => official_heads(vwidth, "vision", path)?,
+        },
         mlp_width: dims(tensors, "visual.transformer.resblocks.0.mlp.c_fc.weight", path)?[0],
         patch_size: conv[3],
         image_size: conv[3] * grid,
@@ -617,14 +655,17 @@ fn infer_config(tensors: &Tensors, path: &Path) -> Result<Config> {
     let text = TextConfig {
         width: twidth,
         layers: count_layers(tensors, "transformer.resblocks."),
-        heads: official_heads(twidth, "text", path)?,
+        heads: match heads[0] {
+            Some(h) => h,
+            None => official_heads(twidth, "text", path)?,
+        },
         mlp_width: dims(tensors, "transformer.resblocks.0.mlp.c_fc.weight", path)?[0],
         context_length: dims(tensors, "positional_embedding", path)?[0],
         vocab_size: dims(tensors, "token_embedding.weight", path)?[0],
         keep_positions: KEEP_POSITIONS,
     };
     let embed_dim = *dims(tensors, "text_projection", path)?.last().unwrap_or(&0);
-    Ok(Config { embed_dim, text, vision, activation: Activation::QuickGelu })
+    Ok(Config { embed_dim, text, vision, activation: Activation::QuickGelu, family: Family::LongClip })
 }
 
 fn official_heads(width: usize, tower: &str, path: &Path) -> Result<usize> {
@@ -639,14 +680,9 @@ fn official_heads(width: usize, tower: &str, path: &Path) -> Result<usize> {
 }
 
 fn config_from_hf(hf: &serde_json::Value, tensors: &Tensors, path: &Path) -> Result<Config> {
-    let mut config = infer_config(tensors, path)?;
     let get = |section: &str, key: &str| hf.get(section).and_then(|s| s.get(key)).and_then(|v| v.as_u64());
-    if let Some(h) = get("text_config", "num_attention_heads") {
-        config.text.heads = h as usize;
-    }
-    if let Some(h) = get("vision_config", "num_attention_heads") {
-        config.vision.heads = h as usize;
-    }
+    let heads = [get("text_config", "num_attention_heads"), get("vision_config", "num_attention_heads")].map(|h| h.map(|h| h as usize));
+    let mut config = infer_config_with_heads(tensors, path, heads)?;
     if let Some(k) = hf.get(HF_KEEP_KEY).and_then(|v| v.as_u64()) {
         config.text.keep_positions = k as usize;
     }
@@ -680,6 +716,7 @@ pub fn expected_shapes(c: &Config, long_clip: bool) -> Vec<(String, Vec<usize>)>
     if long_clip {
         s.push(("positional_embedding_res".into(), vec![t.context_length, t.width]));
     }
+    s.extend(c.family.rules().extra_shapes(c));
     block_shapes("transformer.resblocks.", t.layers, t.width, t.mlp_width, &mut s);
     block_shapes("visual.transformer.resblocks.", v.layers, v.width, v.mlp_width, &mut s);
     s
@@ -770,6 +807,7 @@ impl Config {
             text: TextConfig { width: tw, layers: 12, heads: th, mlp_width: 4 * tw, context_length: 248, vocab_size: 49408, keep_positions: KEEP_POSITIONS },
             vision: VisionConfig { width: vw, layers: vl, heads: vh, mlp_width: 4 * vw, patch_size: patch, image_size: 224 },
             activation: Activation::QuickGelu,
+            family: Family::LongClip,
         })
     }
 }
@@ -782,6 +820,7 @@ impl Config {
             text: TextConfig { width: 64, layers: 4, heads: 1, mlp_width: 256, context_length: 248, vocab_size: 49408, keep_positions: KEEP_POSITIONS },
             vision: VisionConfig { width: 128, layers: 4, heads: 2, mlp_width: 512, patch_size: 16, image_size: 96 },
             activation: Activation::QuickGelu,
+            family: Family::LongClip,
         }
     }
 }

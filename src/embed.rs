@@ -14,8 +14,7 @@ use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::model::{l2_normalize, LongClip};
-use crate::preprocess::{is_image_path, Transform};
-use crate::tokenizer::Tokenizer;
+use crate::preprocess::is_image_path;
 
 /// Reads texts: `.json` (array of strings), `.jsonl` (a string or an object
 /// with "text" or "caption" per line) or anything else as one text per line.
@@ -128,7 +127,7 @@ impl Embedder<'_> {
                 self.model.text.context_length()
             );
         }
-        let encodings = Tokenizer::global().encode_batch(texts, context_length)?;
+        let encodings = self.model.tokenize(texts, context_length)?;
         let truncated = (0..texts.len()).filter(|&i| encodings[i].truncated).collect();
         let empty = (0..texts.len()).filter(|&i| texts[i].trim().is_empty()).collect();
         let mut order: Vec<usize> = (0..texts.len()).collect();
@@ -170,7 +169,7 @@ impl Embedder<'_> {
     /// the features of the batch's usable images (normalized unless raw)
     /// and the files skipped, e.g. to save finished work as it goes.
     pub fn embed_images_each(&self, paths: &[PathBuf], mut each: impl FnMut(ImageBatch) -> Result<()>) -> Result<()> {
-        let transform = Transform::clip(self.model.vision.image_size());
+        let transform = self.model.transform();
         let batch = self.batch_size.max(1);
         let bar = self.bar(paths.len() as u64, "images");
         let (tx, rx) = mpsc::sync_channel::<Vec<(usize, Result<Vec<f32>>)>>(1);

@@ -77,7 +77,7 @@ impl<'a> Encoder<'a> {
         let (image_cache, text_cache) = match cache {
             Some((dir, fingerprint)) => (
                 Some(FeatureCache::open(dir, fingerprint, &format!("images-{IMAGE_PIPELINE}-{device_kind}"), dim)?),
-                Some(FeatureCache::open(dir, fingerprint, &format!("texts-{device_kind}"), dim)?),
+                Some(FeatureCache::open(dir, fingerprint, &text_cache_kind(model, device_kind), dim)?),
             ),
             None => (None, None),
         };
@@ -86,6 +86,14 @@ impl<'a> Encoder<'a> {
 
     pub fn context_length(&self) -> usize {
         self.model.text.context_length()
+    }
+
+    /// Token ids by the model family's tokenizer at `context_length`, and
+    /// how many were cut.
+    pub fn tokenize(&self, texts: &[String], context_length: usize) -> Result<(Vec<Vec<u32>>, usize)> {
+        let encodings = self.model.tokenize(texts, context_length)?;
+        let truncated = encodings.iter().filter(|e| e.truncated).count();
+        Ok((encodings.into_iter().map(|e| e.ids).collect(), truncated))
     }
 
     /// Embeds images; unreadable ones are reported in `failed`, never fatal.
@@ -130,7 +138,7 @@ impl<'a> Encoder<'a> {
         if todo.is_empty() {
             return Ok(vec![]);
         }
-        let transform = Transform { exif: false, ..Transform::clip(self.model.vision.image_size()) };
+        let transform = Transform { exif: false, ..self.model.transform() };
         let decode = |chunk: &[usize]| -> Vec<Result<Vec<f32>>> {
             chunk.par_iter().map(|&i| images[i].bytes().and_then(|b| transform.from_bytes(&b, &images[i].name()))).collect()
         };
@@ -318,7 +326,17 @@ fn missing_message(skipped: &[(PathBuf, String)], total: usize) -> String {
     )
 }
 
-/// Official token ids of each text at `context_length` (truncated, EOT last).
+/// The text cache's kind: FG-CLIP's short path gets its own (same weights,
+/// other features); the default path keeps the name older caches have.
+fn text_cache_kind(model: &LongClip, device_kind: &str) -> String {
+    match model.text_path == model.family().default_text_path() {
+        true => format!("texts-{device_kind}"),
+        false => format!("texts-{}-{device_kind}", model.text_path),
+    }
+}
+
+/// Official (Long-CLIP) token ids of each text at `context_length`
+/// (truncated, EOT last); [`Encoder::tokenize`] follows the model's family.
 pub fn tokenize(texts: &[String], context_length: usize) -> Result<(Vec<Vec<u32>>, usize)> {
     let encodings = Tokenizer::global().encode_batch(texts, context_length)?;
     let truncated = encodings.iter().filter(|e| e.truncated).count();
@@ -340,7 +358,7 @@ pub struct RetrievalReport {
 
 pub fn evaluate_retrieval(enc: &mut Encoder, data: &Dataset, on_missing: OnMissing, context_length: usize) -> Result<RetrievalReport> {
     let images = embed_dataset_images(enc, data, on_missing)?;
-    let (ids, truncated) = tokenize(&images.data.texts(), context_length)?;
+    let (ids, truncated) = enc.tokenize(&images.data.texts(), context_length)?;
     let texts = enc.embed_ids(&ids)?;
     let t = Instant::now();
     let ranks = metrics::retrieval_ranks(&images.features, &texts, &images.data.text_image())?;
@@ -491,7 +509,7 @@ pub fn class_embeddings(enc: &mut Encoder, classes: &[String], templates: &[Stri
         ensure!(t.contains("{}"), "template '{t}' has no {{}} for the class name");
     }
     let prompts: Vec<String> = classes.iter().flat_map(|c| templates.iter().map(move |t| t.replacen("{}", c, 1))).collect();
-    let (ids, _) = tokenize(&prompts, context_length)?;
+    let (ids, _) = enc.tokenize(&prompts, context_length)?;
     let features = enc.embed_ids(&ids)?;
     let dim = features.dim(1)?;
     let mean = features.reshape((classes.len(), templates.len(), dim))?.mean(1)?;

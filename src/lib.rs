@@ -24,6 +24,7 @@ pub mod datasets;
 pub mod embed;
 pub mod evaluate;
 pub mod export;
+pub mod family;
 pub mod finetune;
 pub mod jpeg;
 pub mod linalg;

@@ -10,6 +10,9 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, Linear};
 
 use crate::checkpoint::{Activation, Checkpoint, Config};
+use crate::family::{Family, TextPath};
+use crate::preprocess::Transform;
+use crate::tokenizer::Encoding;
 
 const LN_EPS: f64 = 1e-5;
 
@@ -202,16 +205,20 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
-    fn load(l: &Loader) -> Result<Self> {
+    /// The encoder of one text path: its position table and projection
+    /// come from the family's rules ([`crate::family::Rules::text_tables`]).
+    fn load(l: &Loader, path: TextPath) -> Result<Self> {
         let c = &l.ckpt.config.text;
-        let positions = l.ckpt.text_positions()?.to_dtype(DType::F32)?.to_device(l.device)?;
+        let tables = l.ckpt.config.family.rules().text_tables(l.ckpt, path)?;
+        let positions = tables.positions.to_dtype(DType::F32)?.to_device(l.device)?;
+        let context_length = positions.dim(0)?;
         Ok(Self {
             token_embedding: Embedding::new(l.get("token_embedding.weight")?, c.width),
             positions,
             blocks: load_blocks(l, "transformer.resblocks.", c.layers, c.width, c.heads, l.ckpt.config.activation)?,
             ln_final: l.layer_norm("ln_final")?,
-            projection: l.get("text_projection")?,
-            context_length: c.context_length,
+            projection: l.get(tables.projection)?,
+            context_length,
             device: l.device.clone(),
             dtype: l.dtype,
         })
@@ -325,17 +332,41 @@ impl VisionEncoder {
     }
 }
 
-/// Both towers and the logit scale.
+/// Both towers and the logit scale, for a checkpoint of any family
+/// (`config.family`); the text tower is one of the family's text paths.
 pub struct LongClip {
     pub text: TextEncoder,
     pub vision: VisionEncoder,
     pub logit_scale: f32,
     pub config: Config,
+    /// The text path `text` runs (the family's default unless chosen).
+    pub text_path: TextPath,
 }
 
 impl LongClip {
+    /// The model with its family's default text path (long).
     pub fn new(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Self> {
-        Self::build(Loader { ckpt, device, dtype, differentiable: false })
+        Self::build(Loader { ckpt, device, dtype, differentiable: false }, None)
+    }
+
+    /// The model with text path `path` (None: the family's default).
+    /// Errors: a path the family does not have (`short` is FG-CLIP's).
+    pub fn with_text_path(ckpt: &Checkpoint, device: &Device, dtype: DType, path: Option<TextPath>) -> Result<Self> {
+        Self::build(Loader { ckpt, device, dtype, differentiable: false }, path)
+    }
+
+    pub fn family(&self) -> Family {
+        self.config.family
+    }
+
+    /// Token ids by the family's tokenizer rules, cut to `context_length`.
+    pub fn tokenize(&self, texts: &[String], context_length: usize) -> Result<Vec<Encoding>> {
+        self.family().rules().tokenize(texts, context_length)
+    }
+
+    /// The family's image transform at the model's resolution.
+    pub fn transform(&self) -> Transform {
+        self.family().rules().transform(self.vision.image_size())
     }
 
     /// The same model with ops candle can differentiate (plain layer norm and
@@ -343,20 +374,22 @@ impl LongClip {
     /// checkpoint whose tensors are `Var`s to get gradients for them, or
     /// detached copies to run the same arithmetic without a graph.
     pub fn trainable(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Self> {
-        Self::build(Loader { ckpt, device, dtype, differentiable: true })
+        Self::build(Loader { ckpt, device, dtype, differentiable: true }, None)
     }
 
-    fn build(loader: Loader) -> Result<Self> {
+    fn build(loader: Loader, path: Option<TextPath>) -> Result<Self> {
         let ckpt = loader.ckpt;
         let logit_scale = match ckpt.tensors.get("logit_scale") {
             Some(t) => t.to_dtype(DType::F32)?.flatten_all()?.get(0)?.to_scalar::<f32>()?,
             None => (1.0f32 / 0.07).ln(),
         };
+        let text_path = ckpt.config.family.text_path(path)?;
         Ok(Self {
-            text: TextEncoder::load(&loader)?,
+            text: TextEncoder::load(&loader, text_path)?,
             vision: VisionEncoder::load(&loader)?,
             logit_scale,
             config: ckpt.config.clone(),
+            text_path,
         })
     }
 

@@ -62,7 +62,27 @@ const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp",
 /// Pillow's fixed-point precision for 8-bit resampling.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// The image transform: resize the short side to `size`, center crop, normalize.
+/// Where the image goes before it is normalized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Geometry {
+    /// Resize the short side to `size` (the long side to
+    /// `int(size * long / short)`), then center crop `size`×`size`.
+    ShortSideCrop(CropOffset),
+    /// Resize to `size`×`size` whatever the aspect ratio (FG-CLIP's
+    /// `image.resize((S, S))`).
+    Square,
+}
+
+/// How a center crop places its window when the excess is odd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CropOffset {
+    /// torchvision `CenterCrop`: `int(round((size - n) / 2.0))` ([`center_crop_offset`]).
+    Round,
+    /// HF `CLIPImageProcessor.center_crop`: `(size - n) // 2`.
+    Floor,
+}
+
+/// The image transform: resize (and crop) to `size`, normalize.
 #[derive(Clone, Debug)]
 pub struct Transform {
     pub size: usize,
@@ -70,12 +90,29 @@ pub struct Transform {
     pub std: [f32; 3],
     /// Apply the EXIF orientation before resizing (the official code does not).
     pub exif: bool,
+    pub geometry: Geometry,
+    /// `convert("RGB")` before the resize (HF processors, FG-CLIP), not after
+    /// it (torchvision): alpha is dropped instead of premultiplied and
+    /// palette images are resized bicubic instead of nearest.
+    pub rgb_first: bool,
 }
 
 impl Transform {
     /// The official CLIP transform at `size` pixels, with EXIF orientation on.
     pub fn clip(size: usize) -> Transform {
-        Transform { size, mean: CLIP_MEAN, std: CLIP_STD, exif: true }
+        Transform { size, mean: CLIP_MEAN, std: CLIP_STD, exif: true, geometry: Geometry::ShortSideCrop(CropOffset::Round), rgb_first: false }
+    }
+
+    /// HF `CLIPImageProcessor` (transformers 4, PIL): `convert("RGB")`,
+    /// shortest edge to `size` (bicubic), center crop with the offset floored.
+    pub fn hf_clip(size: usize) -> Transform {
+        Transform { geometry: Geometry::ShortSideCrop(CropOffset::Floor), rgb_first: true, ..Transform::clip(size) }
+    }
+
+    /// FG-CLIP's `Image.open(p).convert("RGB").resize((S, S))` (bicubic),
+    /// after which `CLIPImageProcessor`'s resize and crop change nothing.
+    pub fn square(size: usize) -> Transform {
+        Transform { geometry: Geometry::Square, rgb_first: true, ..Transform::clip(size) }
     }
 
     /// Reads and transforms one image file: `3 * size * size` floats, CHW.
@@ -112,11 +149,23 @@ impl Transform {
 
     /// Resize, crop and normalize an already decoded image.
     fn apply(&self, raster: &Raster) -> Vec<f32> {
+        let rgb;
+        let raster = match self.rgb_first {
+            true => {
+                rgb = raster.to_rgb();
+                &rgb
+            }
+            false => raster,
+        };
         let n = self.size;
         let (width, height) = raster.dimensions();
-        let (new_w, new_h) = resized_size(width, height, n);
-        let cols = crop_range(new_w, n);
-        let rows = crop_range(new_h, n);
+        let (new_w, new_h, cols, rows) = match self.geometry {
+            Geometry::Square => (n, n, 0..n, 0..n),
+            Geometry::ShortSideCrop(offset) => {
+                let (new_w, new_h) = resized_size(width, height, n);
+                (new_w, new_h, crop_range(new_w, n, offset), crop_range(new_h, n, offset))
+            }
+        };
         match raster {
             Raster::Bytes { pixels, resample } => {
                 let out = resize_window(pixels, *resample, new_w, new_h, cols, rows);
@@ -194,6 +243,16 @@ impl Raster {
         }
     }
 
+    /// PIL's `convert("RGB")`: grey repeated, alpha dropped, 16-bit grey
+    /// clipped to 255; the result resizes bicubic.
+    fn to_rgb(&self) -> Raster {
+        let pixels = match self {
+            Raster::Bytes { pixels, .. } => rgb_plane(pixels),
+            Raster::Wide(pixels) => rgb_plane(&clip_16_to_8(pixels)),
+        };
+        Raster::bytes(pixels, Resample::Bicubic)
+    }
+
     fn bytes(pixels: Plane<u8>, resample: Resample) -> Raster {
         Raster::Bytes { pixels, resample }
     }
@@ -206,6 +265,19 @@ impl Raster {
             Raster::Wide(pixels) => Raster::Wide(orient(pixels, orientation)),
         }
     }
+}
+
+/// Three samples per pixel: grey (with or without alpha) repeated, alpha dropped.
+fn rgb_plane(src: &Plane<u8>) -> Plane<u8> {
+    let ch = src.channels.max(1);
+    let mut data = Vec::with_capacity(src.width * src.height * 3);
+    for px in src.data.chunks_exact(ch) {
+        match ch {
+            1 | 2 => data.extend_from_slice(&[px[0]; 3]),
+            _ => data.extend_from_slice(&px[..3]),
+        }
+    }
+    Plane { width: src.width, height: src.height, channels: 3, data }
 }
 
 // ---------------------------------------------------------------------------
@@ -611,8 +683,11 @@ pub fn center_crop_offset(size: usize, n: usize) -> usize {
     }
 }
 
-fn crop_range(size: usize, n: usize) -> Range<usize> {
-    let start = center_crop_offset(size, n);
+fn crop_range(size: usize, n: usize, offset: CropOffset) -> Range<usize> {
+    let start = match offset {
+        CropOffset::Round => center_crop_offset(size, n),
+        CropOffset::Floor => size.saturating_sub(n) / 2,
+    };
     start..start + n
 }
 
@@ -968,6 +1043,37 @@ mod tests {
         for (size, n, want) in cases {
             assert_eq!(center_crop_offset(size, n), want, "size {size}, n {n}");
         }
+    }
+
+    #[test]
+    fn hf_crop_floors_where_torchvision_rounds() {
+        // rocket.jpg at 64 px is 95 wide: HF's left is 15, torchvision's 16.
+        assert_eq!(crop_range(95, 64, CropOffset::Floor), 15..79);
+        assert_eq!(crop_range(95, 64, CropOffset::Round), 16..80);
+        assert_eq!(crop_range(96, 64, CropOffset::Floor), crop_range(96, 64, CropOffset::Round));
+    }
+
+    #[test]
+    fn rgb_first_drops_alpha_and_repeats_grey() {
+        let la = Plane { width: 1, height: 1, channels: 2, data: vec![7, 0] };
+        assert_eq!(rgb_plane(&la).data, vec![7, 7, 7]);
+        let rgba = Plane { width: 1, height: 1, channels: 4, data: vec![1, 2, 3, 0] };
+        assert_eq!(rgb_plane(&rgba).data, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn square_resize_ignores_the_aspect_ratio() {
+        let png = {
+            let img = image::RgbImage::from_fn(40, 10, |x, _| image::Rgb([(x * 6) as u8, 0, 0]));
+            let mut out = Vec::new();
+            DynamicImage::ImageRgb8(img).write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
+            out
+        };
+        let square = Transform::square(8).from_bytes(&png, "wide.png").unwrap();
+        let cropped = Transform::clip(8).from_bytes(&png, "wide.png").unwrap();
+        assert_eq!(square.len(), 3 * 64);
+        // The square keeps both ends of the gradient; the crop only its middle.
+        assert!(square[0] < cropped[0] && square[7] > cropped[7]);
     }
 
     #[test]

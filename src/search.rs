@@ -10,10 +10,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::checkpoint;
+use crate::family::TextPath;
 use crate::index::{Index, ModelInfo, Segment};
 use crate::model::{l2_normalize, LongClip};
-use crate::preprocess::Transform;
-use crate::tokenizer::Tokenizer;
 
 /// Above this many live vectors in a segment, searches use the segment's
 /// HNSW graph when it has one (`--exact` forces the scan). Measured on 2
@@ -357,6 +356,13 @@ impl QueryEncoder {
     /// Loads `model` (default: the checkpoint the manifest records) and
     /// refuses one whose dim or identity differs from the index's.
     pub fn for_index(index: &Index, model: Option<&Path>, device: &str) -> Result<QueryEncoder> {
+        Self::for_index_with_text_path(index, model, device, None)
+    }
+
+    /// [`QueryEncoder::for_index`] with the text encoder of `text_path`
+    /// (FG-CLIP's short or long; None: the family's default, long).
+    /// Errors: as `for_index`, and a path the model's family does not have.
+    pub fn for_index_with_text_path(index: &Index, model: Option<&Path>, device: &str, text_path: Option<TextPath>) -> Result<QueryEncoder> {
         let path = match (model, &index.manifest.model.path) {
             (Some(p), _) => p.to_path_buf(),
             (None, Some(p)) => p.into(),
@@ -373,7 +379,7 @@ impl QueryEncoder {
         let info = model_info(&ckpt, &path)?;
         check_model(index, &info)?;
         let device = crate::model::device(device)?;
-        let model = LongClip::new(&ckpt, &device, DType::F32)?;
+        let model = LongClip::with_text_path(&ckpt, &device, DType::F32, text_path)?;
         Ok(QueryEncoder { model, device, info })
     }
 
@@ -384,10 +390,9 @@ impl QueryEncoder {
     /// Many texts, batched; each cut to the model's context (EOT kept) if longer.
     pub fn texts(&self, texts: &[String]) -> Result<Vec<Query>> {
         let ctx = self.model.text.context_length();
-        let tok = Tokenizer::global();
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(32) {
-            let encodings = tok.encode_batch(chunk, ctx)?;
+            let encodings = self.model.tokenize(chunk, ctx)?;
             let ids: Vec<Vec<u32>> = encodings.iter().map(|e| e.ids.clone()).collect();
             let features = l2_normalize(&self.model.text.encode(&ids)?.to_dtype(DType::F32)?)?;
             for (row, e) in features.to_device(&Device::Cpu)?.to_vec2::<f32>()?.into_iter().zip(&encodings) {
@@ -400,7 +405,7 @@ impl QueryEncoder {
     /// An encoded image (any supported format); `name` is used in errors.
     pub fn image_bytes(&self, bytes: &[u8], name: &str) -> Result<Query> {
         let size = self.model.vision.image_size();
-        let pixels = Transform::clip(size).from_bytes(bytes, name)?;
+        let pixels = self.model.transform().from_bytes(bytes, name)?;
         let t = Tensor::from_vec(pixels, (1, 3, size, size), &self.device)?;
         let features = l2_normalize(&self.model.vision.encode(&t)?.to_dtype(DType::F32)?)?;
         Ok(Query { vector: features.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?, truncated: false })
@@ -421,6 +426,7 @@ pub fn model_info(ckpt: &checkpoint::Checkpoint, path: &Path) -> Result<ModelInf
         embed_dim: ckpt.config.embed_dim,
         image_size: Some(ckpt.config.vision.image_size),
         context_length: Some(ckpt.config.text.context_length),
+        family: ckpt.config.family,
     })
 }
 
@@ -434,6 +440,15 @@ pub fn check_model(index: &Index, info: &ModelInfo) -> Result<()> {
             index.dim(),
             info.path.as_deref().unwrap_or("the model"),
             info.embed_dim
+        );
+    }
+    if m.fingerprint.is_some() && m.family != info.family {
+        bail!(
+            "{}: the index was built with a {} model, {} is {}: queries must be tokenized and preprocessed as its images were",
+            index.dir.display(),
+            m.family,
+            info.path.as_deref().unwrap_or("the model"),
+            info.family
         );
     }
     match (&m.fingerprint, &info.fingerprint) {

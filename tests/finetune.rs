@@ -26,6 +26,7 @@ fn tiny_config() -> Config {
         text: TextConfig { width: 64, layers: 2, heads: 2, mlp_width: 256, context_length: 248, vocab_size: 49408, keep_positions: 20 },
         vision: VisionConfig { width: 64, layers: 2, heads: 2, mlp_width: 256, patch_size: 8, image_size: 32 },
         activation: Activation::QuickGelu,
+        family: Default::default(),
     }
 }
 

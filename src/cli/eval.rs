@@ -15,6 +15,7 @@ use crate::checkpoint::{self, Config};
 use crate::datasets::classes::{self, CLASSIFICATION_DATASETS};
 use crate::datasets::{self, Dataset, ImageRef, LoadOptions, OnMissing};
 use crate::evaluate::{self, Encoder, ProbeRow, Timings, Unit};
+use crate::family::TextPath;
 use crate::metrics::RetrievalScores;
 use crate::model::{self, LongClip};
 use crate::plot::{Chart, Series};
@@ -90,6 +91,10 @@ pub struct RunArgs {
     /// Append this run to DIR/runs.jsonl [DIR default: eval/results].
     #[arg(long, num_args = 0..=1, default_missing_value = "eval/results", value_name = "DIR")]
     record: Option<PathBuf>,
+    /// FG-CLIP's text encoder: long (248 positions, text_filip_projection; the default, as its
+    /// long-caption evals) or short (77 positions, text_projection, as its COCO/zero-shot evals).
+    #[arg(long, value_enum)]
+    text_path: Option<TextPath>,
 }
 
 #[derive(Args)]
@@ -176,11 +181,11 @@ struct Loaded {
     device: Device,
 }
 
-fn load_model(path: &Path, device: &str) -> Result<Loaded> {
+fn load_model(path: &Path, device: &str, text_path: Option<TextPath>) -> Result<Loaded> {
     let device = model::device(device)?;
     let ckpt = checkpoint::load(path)?;
     let fingerprint = ckpt.fingerprint()?;
-    let model = LongClip::new(&ckpt, &device, DType::F32)?;
+    let model = LongClip::with_text_path(&ckpt, &device, DType::F32, text_path)?;
     Ok(Loaded { path: path.to_path_buf(), fingerprint, config: ckpt.config.clone(), model, device })
 }
 
@@ -202,7 +207,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         return eval_classification(args, start);
     }
     let data = args.data.load()?;
-    let m = load_model(&args.model, &args.run.device)?;
+    let m = load_model(&args.model, &args.run.device, args.run.text_path)?;
     let context = context_length(args.context_length, &m)?;
     let mut enc = encoder(&m, &args.run)?;
     let report = evaluate::evaluate_retrieval(&mut enc, &data, args.data.on_missing, context)?;
@@ -215,13 +220,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         eprintln!("warning: {} captions were longer than {context} tokens and were cut (EOT kept)", report.truncated);
     }
     println!(
-        "{} ({}): {} images, {} texts; model {} ({}), context {context}",
+        "{} ({}): {} images, {} texts; model {} ({}{}), context {context}",
         data.name,
         data.split,
         report.n_images,
         report.n_texts,
         crate::term::path(&m.path),
-        short_fingerprint(&m.fingerprint)
+        short_fingerprint(&m.fingerprint),
+        family_note(&m)
     );
     print!("{}", recall_table(&report.scores, &paper));
     if let Some(range) = &report.tie_range {
@@ -244,11 +250,29 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         "timings": enc.timings,
         "paper": paper.iter().map(|p| json!({"model": p.model, "source": p.source, "values": p.values.iter().filter_map(|(k, v)| v.map(|v| (k.clone(), json!(v)))).collect::<serde_json::Map<_, _>>()})).collect::<Vec<_>>(),
     });
+    add_family(&mut out, &m);
     add_scores(&mut out, &report.scores);
     if let Some(range) = &report.tie_range {
         out["ties"] = ties_json(range);
     }
     write_outputs(&out, args.json.as_deref(), args.csv.as_deref(), args.run.record.as_deref(), "eval", &m.device)
+}
+
+/// ", FG-CLIP long text path" for a model that is not Long-CLIP, else "".
+fn family_note(m: &Loaded) -> String {
+    match m.config.family {
+        crate::family::Family::LongClip => String::new(),
+        f => format!(", {f} {} text path", m.model.text_path),
+    }
+}
+
+/// The family and text path of a model that is not Long-CLIP (Long-CLIP
+/// outputs keep the fields they always had).
+fn add_family(out: &mut Value, m: &Loaded) {
+    if m.config.family != crate::family::Family::LongClip {
+        out["family"] = json!(m.config.family.name());
+        out["text_path"] = json!(m.model.text_path.to_string());
+    }
 }
 
 /// Exact ties (identical captions or images) make some numbers depend on the
@@ -347,7 +371,7 @@ fn eval_classification(args: EvalArgs, start: Instant) -> Result<()> {
         Some(p) => read_lines(p)?,
         None => classes::imagenet_templates(),
     };
-    let m = load_model(&args.model, &args.run.device)?;
+    let m = load_model(&args.model, &args.run.device, args.run.text_path)?;
     let context = context_length(args.context_length, &m)?;
     let mut enc = encoder(&m, &args.run)?;
     let report = evaluate::evaluate_classification(&mut enc, &set, &templates, args.data.on_missing, context)?;
@@ -483,7 +507,7 @@ pub fn probe(args: ProbeArgs) -> Result<()> {
     let mut records = Vec::new();
     let mut last_device = Device::Cpu;
     for (path, label) in args.model.iter().zip(&labels) {
-        let m = load_model(path, &args.run.device)?;
+        let m = load_model(path, &args.run.device, args.run.text_path)?;
         let context = m.model.text.context_length();
         if args.unit == Unit::Tokens {
             if let Some(&l) = args.lengths.iter().find(|&&l| l > context) {
@@ -648,7 +672,7 @@ pub fn classify(args: ClassifyArgs) -> Result<()> {
     if paths.is_empty() {
         bail!("{}: no images found", args.images.display());
     }
-    let m = load_model(&args.model, &args.device)?;
+    let m = load_model(&args.model, &args.device, None)?;
     let mut enc = Encoder::new(&m.model, m.device.clone(), args.batch_size, None)?;
     enc.progress = true;
     let classes = evaluate::class_embeddings(&mut enc, &labels, &args.templates, m.model.text.context_length())?;

@@ -94,6 +94,7 @@ pub struct FinetuneArgs {
 
 pub fn finetune(args: FinetuneArgs) -> Result<()> {
     let short: ShortCaption = args.short_caption.parse()?;
+    long_clip_only(&checkpoint::load(&args.model)?, "finetune")?;
     let cfg = RunConfig {
         model: args.model,
         data: args.data,
@@ -168,12 +169,24 @@ pub struct LossArgs {
     json: bool,
 }
 
+/// Fine-tuning is Long-CLIP's recipe, with its tokenizer and preprocessing:
+/// other families are refused rather than trained with the wrong inputs.
+fn long_clip_only(ckpt: &checkpoint::Checkpoint, command: &str) -> Result<()> {
+    let family = ckpt.config.family;
+    if family != crate::family::Family::LongClip {
+        bail!("{}: `{command}` is Long-CLIP's recipe; this is a {family} checkpoint (see docs/families.md)", ckpt.path.display());
+    }
+    Ok(())
+}
+
 /// The two PCM losses of one batch, as the official `forward(image,
 /// text_long, text_short, rank=0)` returns them.
 pub fn loss(args: LossArgs) -> Result<()> {
     let device = model::device(&args.device)?;
     let dtype = model::compute_dtype(&args.dtype, &device)?;
-    let model = LongClip::new(&checkpoint::load(&args.model)?, &device, dtype)?;
+    let ckpt = checkpoint::load(&args.model)?;
+    long_clip_only(&ckpt, "loss")?;
+    let model = LongClip::new(&ckpt, &device, dtype)?;
     let paths = embed::list_images(&args.images)?;
     let long = embed::read_texts(&args.long_texts)?;
     let short = embed::read_texts(&args.short_texts)?;

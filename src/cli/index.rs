@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 
 use crate::checkpoint;
 use crate::embed;
+use crate::family::TextPath;
 use crate::index::{self, BuildOptions, Dtype, HnswParams, ImportOptions, Index, MergePolicy, Selection, Shard};
 use crate::model::{self, LongClip};
 use crate::search::{self, QueryEncoder};
@@ -243,6 +244,9 @@ pub struct SearchArgs {
     model: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// FG-CLIP's text encoder for text queries: long (the default) or short (77 positions).
+    #[arg(long, value_enum)]
+    text_path: Option<TextPath>,
 }
 
 #[derive(Args)]
@@ -554,7 +558,7 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
     if a.out.is_some() && a.queries.is_none() {
         bail!("--out goes with --queries or --vectors");
     }
-    let encoder = QueryEncoder::for_index(&index, a.model.as_deref(), &a.device)?;
+    let encoder = QueryEncoder::for_index_with_text_path(&index, a.model.as_deref(), &a.device, a.text_path)?;
     let ctx = encoder.model.text.context_length();
     if let Some(path) = &a.queries {
         return batch(&index, &encoder, path, a.out.as_deref(), &opts, ctx);

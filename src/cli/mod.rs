@@ -16,8 +16,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::embed::{self, Embedder};
+use crate::family::{Family, TextPath};
 use crate::model::{self, LongClip};
-use crate::tokenizer::{Tokenizer, DEFAULT_CONTEXT_LENGTH};
+use crate::tokenizer::DEFAULT_CONTEXT_LENGTH;
 use crate::{export, stretch};
 
 #[derive(Parser)]
@@ -135,6 +136,10 @@ struct EmbedArgs {
     /// Keep the features unnormalized.
     #[arg(long)]
     raw: bool,
+    /// FG-CLIP's text encoder: long (248 positions, text_filip_projection; the default) or short
+    /// (77 positions, text_projection). Other families have only the long one.
+    #[arg(long, value_enum)]
+    text_path: Option<TextPath>,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     #[arg(long, default_value = "cpu")]
@@ -147,18 +152,19 @@ struct EmbedArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Tokenize { texts, context_length, model, out } => {
-            let context_length = match model {
-                None => context_length.unwrap_or(DEFAULT_CONTEXT_LENGTH),
+            let (context_length, family) = match model {
+                None => (context_length.unwrap_or(DEFAULT_CONTEXT_LENGTH), Family::LongClip),
                 Some(path) => {
-                    let positions = checkpoint::load(&path)?.config.text.context_length;
+                    let config = checkpoint::load(&path)?.config;
+                    let positions = config.text.context_length;
                     let n = context_length.unwrap_or(positions);
                     if n > positions {
                         bail!("context length {n} exceeds the model's {positions} positions ({})", path.display());
                     }
-                    n
+                    (n, config.family)
                 }
             };
-            tokenize(&texts, context_length, out.as_deref())
+            tokenize(&texts, context_length, family, out.as_deref())
         }
         Command::Embed(args) => embed(args),
         Command::Similarity { model, images, texts, device } => similarity(&model, &images, &texts, &device),
@@ -203,9 +209,10 @@ fn parse_dtype(s: &str) -> Result<DType> {
     }
 }
 
-fn tokenize(texts: &Path, context_length: usize, out: Option<&Path>) -> Result<()> {
+/// Token ids by `family`'s tokenizer rules (`--model`'s family, else Long-CLIP's).
+fn tokenize(texts: &Path, context_length: usize, family: Family, out: Option<&Path>) -> Result<()> {
     let texts = embed::read_texts(texts)?;
-    let encodings = Tokenizer::global().encode_batch(&texts, context_length)?;
+    let encodings = family.rules().tokenize(&texts, context_length)?;
     let ids: Vec<&Vec<u32>> = encodings.iter().map(|e| &e.ids).collect();
     let json = serde_json::to_string(&ids)?;
     match out {
@@ -216,11 +223,11 @@ fn tokenize(texts: &Path, context_length: usize, out: Option<&Path>) -> Result<(
     Ok(())
 }
 
-fn load_model(path: &Path, device: &str, dtype: &str) -> Result<(LongClip, Device)> {
+fn load_model(path: &Path, device: &str, dtype: &str, text_path: Option<TextPath>) -> Result<(LongClip, Device)> {
     let device = model::device(device)?;
     let dtype = model::compute_dtype(dtype, &device)?;
     let ckpt = checkpoint::load(path)?;
-    let model = LongClip::new(&ckpt, &device, dtype)?;
+    let model = LongClip::with_text_path(&ckpt, &device, dtype, text_path)?;
     Ok((model, device))
 }
 
@@ -229,7 +236,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
     if !["npy", "json", "jsonl"].contains(&ext.as_str()) {
         eprintln!("warning: {}: not .npy, .json or .jsonl; writing a float32 .npy", crate::term::path(&args.out));
     }
-    let (model, device) = load_model(&args.model, &args.device, &args.dtype)?;
+    let (model, device) = load_model(&args.model, &args.device, &args.dtype, args.text_path)?;
     let embedder = Embedder { model: &model, device, batch_size: args.batch_size, normalize: !args.raw, progress: true };
     let start = Instant::now();
     if let Some(texts_path) = &args.texts {
@@ -299,7 +306,7 @@ fn warn_truncated(rows: &[usize], context_length: usize) {
 }
 
 fn similarity(model_path: &Path, images: &Path, texts: &Path, device: &str) -> Result<()> {
-    let (model, device) = load_model(model_path, device, "auto")?;
+    let (model, device) = load_model(model_path, device, "auto", None)?;
     let embedder = Embedder { model: &model, device, batch_size: 32, normalize: true, progress: false };
     let texts = embed::read_texts(texts)?;
     let paths = embed::list_images(images)?;
@@ -348,6 +355,8 @@ fn info(ckpt: &Checkpoint, json: bool) -> Result<()> {
             "path": ckpt.path.display().to_string(),
             "format": ckpt.format.to_string(),
             "long_clip": ckpt.is_long_clip(),
+            "family": c.family,
+            "text_paths": c.family.rules().text_paths(),
             "config": c,
             "dtypes": ckpt.dtype_counts(),
             "parameters": ckpt.parameter_count(),
@@ -356,7 +365,16 @@ fn info(ckpt: &Checkpoint, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let kind = if ckpt.is_long_clip() {
+    let kind = if c.family == Family::FgClip {
+        format!(
+            "FG-CLIP (long: position_embedding_ori rows 0..{k} + position_embedding_res rows {k}..{n}, text_filip_projection; \
+             short: position_embedding 77 rows, text_projection)",
+            k = c.text.keep_positions,
+            n = c.text.context_length
+        )
+    } else if c.family == Family::Goal {
+        format!("GOAL (one {}-row position table, loaded as stored)", c.text.context_length)
+    } else if ckpt.is_long_clip() {
         format!(
             "Long-CLIP (positional_embedding rows 0..{k} + positional_embedding_res rows {k}..{n})",
             k = c.text.keep_positions,
@@ -368,6 +386,8 @@ fn info(ckpt: &Checkpoint, json: bool) -> Result<()> {
     println!("file        {}", crate::term::path(&ckpt.path));
     println!("format      {}", ckpt.format);
     println!("model       {kind}");
+    let paths: Vec<String> = c.family.rules().text_paths().iter().map(|p| p.to_string()).collect();
+    println!("family      {} (text paths: {}; rules: {})", c.family, paths.join(", "), c.family.rules().source());
     println!("embed dim   {}", c.embed_dim);
     println!(
         "text        width {}, layers {}, heads {}, mlp {}, positions {}, vocab {}",

@@ -99,7 +99,7 @@ pub(crate) fn import_parts(dir: &Path, opts: &ImportOptions, load: impl FnOnce()
             m
         }
         None => {
-            let model = opts.model.clone().unwrap_or(ModelInfo { path: None, fingerprint: None, embed_dim: dim, image_size: None, context_length: None });
+            let model = opts.model.clone().unwrap_or(ModelInfo { path: None, fingerprint: None, embed_dim: dim, image_size: None, context_length: None, family: Default::default() });
             Manifest::empty(model, dim, opts.dtype, opts.hnsw, None, opts.segment_rows.max(1))
         }
     };

@@ -101,6 +101,10 @@ pub struct ModelInfo {
     pub embed_dim: usize,
     pub image_size: Option<usize>,
     pub context_length: Option<usize>,
+    /// How queries must be tokenized and preprocessed ([`crate::family`]);
+    /// manifests written before families existed read as Long-CLIP.
+    #[serde(default)]
+    pub family: crate::family::Family,
 }
 
 /// One indexed image (or imported vector). Rows of a segment are in id order.

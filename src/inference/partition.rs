@@ -22,7 +22,6 @@ use super::InferenceOptions;
 use crate::model::{l2_normalize, LongClip};
 use crate::preprocess::Transform;
 use crate::table::{columns_from_rows, flatten_json, write_parquet, Column, Value};
-use crate::tokenizer::Tokenizer;
 
 /// What a job, or one partition of it, reads.
 pub enum Work {
@@ -182,7 +181,7 @@ fn publish(sink: Sink, opts: &InferenceOptions, files: &PartitionFiles) -> Resul
 /// batch after batch (decode on all cores), this thread encodes.
 #[allow(clippy::too_many_arguments)]
 fn pump(model: &LongClip, device: &Device, opts: &InferenceOptions, work: &Work, sink: &mut Sink, stats: &mut Stats, files: &PartitionFiles, bar: &ProgressBar) -> Result<()> {
-    let transform = Transform::clip(model.vision.image_size());
+    let transform = model.transform();
     let (tx, rx) = mpsc::sync_channel::<Message>(2);
     let mut last_wip = Instant::now();
     let crash_after: Option<usize> = std::env::var(CRASH_AFTER_BATCHES_ENV).ok().and_then(|v| v.parse().ok());
@@ -251,7 +250,7 @@ fn encode_batch(model: &LongClip, device: &Device, outcomes: Vec<Outcome>, sink:
     if let Some(texts) = &mut sink.texts {
         let ctx = model.text.context_length();
         let captions: Vec<String> = ready.iter().map(|r| r.caption.clone().unwrap_or_default()).collect();
-        let encodings = Tokenizer::global().encode_batch(&captions, ctx)?;
+        let encodings = model.tokenize(&captions, ctx)?;
         stats.truncated_captions += encodings.iter().filter(|e| e.truncated).count();
         let ids: Vec<Vec<u32>> = encodings.into_iter().map(|e| e.ids).collect();
         texts.push_rows(&rows_of(&model.text.encode(&ids)?)?)?;

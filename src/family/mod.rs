@@ -1,0 +1,266 @@
+//! Model families: everything that makes a checkpoint of one family compute
+//! what its official code computes, in one description per family.
+//!
+//! A family fixes, beyond the tensor shapes: the tokenizer rules, the image
+//! preprocessing, which position table and which text projection each text
+//! path uses, and where the text is pooled. [`Rules`] is that description;
+//! [`longclip`], [`fgclip`] and [`goal`] each implement it, and the rest of
+//! the crate (model, embed, eval, index, search) asks [`Family::rules`]
+//! instead of branching on the family itself.
+//!
+//! The family is found from the checkpoint's keys when it is loaded
+//! ([`detect`]), stored in its [`Config`] (and so in our safetensors
+//! metadata), hashed into its fingerprint when it is not Long-CLIP (so the
+//! embedding cache keeps families apart), and recorded in index manifests.
+
+pub mod fgclip;
+pub mod goal;
+pub mod hf;
+pub mod longclip;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{Checkpoint, Config};
+use crate::preprocess::Transform;
+use crate::tokenizer::Encoding;
+
+/// The model families longclip runs exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// Long-CLIP (and OpenAI CLIP, the 77-position case): OpenAI's tokenizer
+    /// with ftfy, torchvision's resize + crop, one merged position table.
+    #[default]
+    LongClip,
+    /// FG-CLIP v1 (ICML 2025): HF tokenizer, square resize, a 77-row short
+    /// path and a 248-row long path with its own projection.
+    FgClip,
+    /// GOAL (CVPR 2025): an HF `CLIPModel` with one 248-row table, HF
+    /// tokenizer and HF `CLIPImageProcessor`.
+    Goal,
+}
+
+/// Which of a family's text encoders runs: FG-CLIP has two (`--text-path`),
+/// the others only the long one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TextPath {
+    /// 77 positions (FG-CLIP: `position_embedding`, `text_projection`).
+    Short,
+    /// The long table (248 rows for the released models).
+    Long,
+}
+
+impl fmt::Display for TextPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TextPath::Short => "short",
+            TextPath::Long => "long",
+        })
+    }
+}
+
+/// Where the text features are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// The first EOT (49407): Long-CLIP's `text.argmax(-1)`, FG-CLIP's first
+    /// `input_ids == eos_token_id` and GOAL's legacy `argmax(input_ids)` all
+    /// land there on unpadded (or 49407-padded) ids.
+    FirstEot,
+}
+
+/// What a text encoder adds and multiplies for one text path.
+pub struct TextTables {
+    /// Position rows added to the token embeddings, [L, W], f32.
+    pub positions: Tensor,
+    /// Checkpoint key (official names) of the projection [W, E].
+    pub projection: &'static str,
+}
+
+/// One family's description. Implementations: [`longclip::LongClipRules`],
+/// [`fgclip::FgClipRules`], [`goal::GoalRules`].
+pub trait Rules: Sync {
+    /// Human name, e.g. "FG-CLIP".
+    fn name(&self) -> &'static str;
+    /// Where the tokenizer and preprocessing rules come from (for `info`).
+    fn source(&self) -> &'static str;
+    /// Token ids of each text (SOT … EOT, unpadded), cut to `context_length`
+    /// with EOT kept last.
+    fn tokenize(&self, texts: &[String], context_length: usize) -> Result<Vec<Encoding>>;
+    /// The image transform at `size` pixels.
+    fn transform(&self, size: usize) -> Transform;
+    /// Text paths the family has; the first is the default.
+    fn text_paths(&self) -> &'static [TextPath] {
+        &[TextPath::Long]
+    }
+    /// Position table and projection of `path`.
+    fn text_tables(&self, ckpt: &Checkpoint, path: TextPath) -> Result<TextTables>;
+    /// Tensors beyond the CLIP/Long-CLIP ones (official names), with shapes.
+    fn extra_shapes(&self, _config: &Config) -> Vec<(String, Vec<usize>)> {
+        Vec::new()
+    }
+    fn pooling(&self) -> Pooling {
+        Pooling::FirstEot
+    }
+}
+
+impl Family {
+    pub fn rules(self) -> &'static dyn Rules {
+        match self {
+            Family::LongClip => &longclip::LongClipRules,
+            Family::FgClip => &fgclip::FgClipRules,
+            Family::Goal => &goal::GoalRules,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.rules().name()
+    }
+
+    /// For serde's `skip_serializing_if`: Long-CLIP is what a missing field means.
+    pub fn is_long_clip(&self) -> bool {
+        *self == Family::LongClip
+    }
+
+    /// The family's default text path (FG-CLIP: long, as its long-caption evals).
+    pub fn default_text_path(self) -> TextPath {
+        self.rules().text_paths()[0]
+    }
+
+    /// `path`, or the default; an error when the family has no such path.
+    pub fn text_path(self, path: Option<TextPath>) -> Result<TextPath> {
+        let Some(path) = path else {
+            return Ok(self.default_text_path());
+        };
+        if !self.rules().text_paths().contains(&path) {
+            bail!("{} has no {path} text path (--text-path short is FG-CLIP's 77-position encoder)", self.name());
+        }
+        Ok(path)
+    }
+
+    /// Positions of `path` for a checkpoint of this family with `config`.
+    pub fn context_length(self, config: &Config, path: TextPath) -> usize {
+        match path {
+            TextPath::Short => fgclip::SHORT_POSITIONS.min(config.text.context_length),
+            TextPath::Long => config.text.context_length,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a checkpoint was stored, as far as [`detect`] cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// HF `CLIPModel` names in a `torch.save` zip (`.pth`, GOAL's way).
+    HfTorchZip,
+    /// HF names in a model directory or a safetensors file.
+    HfFiles,
+    /// Official (OpenAI / Long-CLIP) names.
+    Official,
+}
+
+/// The family of a state dict, from its raw keys (before renaming).
+///
+/// FG-CLIP: any of its three extra keys; all of them, and its short table
+/// and projection, must then be there. Long-CLIP: `positional_embedding_res`.
+/// GOAL: HF names in a torch zip with a text table of more than 77 rows.
+/// Anything else loads as Long-CLIP (a CLIP is its 77-position case).
+///
+/// Errors, naming the key: a checkpoint with keys of two families, an
+/// FG-CLIP table without its projection (or the reverse).
+pub fn detect(raw: &HashMap<String, Tensor>, storage: Storage, path: &Path) -> Result<Family> {
+    let fg = fgclip::markers(raw);
+    let long = raw.keys().find(|k| k.as_str() == longclip::RES_KEY || k.ends_with(&format!(".{}", longclip::RES_KEY)));
+    if let (Some(f), Some(l)) = (fg.first(), long) {
+        bail!(
+            "{}: mixes model families: '{f}' is FG-CLIP's, '{l}' is Long-CLIP's; a checkpoint is one model",
+            path.display()
+        );
+    }
+    if !fg.is_empty() {
+        fgclip::check_complete(raw, path)?;
+        return Ok(Family::FgClip);
+    }
+    if long.is_some() {
+        if let Some(hf) = raw.keys().find(|k| k.starts_with("text_model.embeddings.")) {
+            bail!(
+                "{}: mixes model families: '{hf}' is an HF CLIPModel key (FG-CLIP, GOAL), '{}' is Long-CLIP's",
+                path.display(),
+                longclip::RES_KEY
+            );
+        }
+        return Ok(Family::LongClip);
+    }
+    if storage == Storage::HfTorchZip && goal::is_goal(raw) {
+        return Ok(Family::Goal);
+    }
+    Ok(Family::LongClip)
+}
+
+/// The family's renames of its own keys to the official names the model
+/// reads, before the common HF renames (only FG-CLIP has any).
+pub fn prepare(family: Family, raw: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+    match family {
+        Family::FgClip => fgclip::prepare(raw),
+        _ => Ok(raw),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn keys(names: &[&str]) -> HashMap<String, Tensor> {
+        let t = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap();
+        names.iter().map(|k| (k.to_string(), t.clone())).collect()
+    }
+
+    #[test]
+    fn fg_clip_table_without_its_projection_names_the_key() {
+        let raw = keys(&[
+            "text_model.embeddings.position_embedding.weight",
+            "text_model.embeddings.position_embedding_ori.weight",
+            "text_model.embeddings.position_embedding_res.weight",
+            "text_projection.weight",
+        ]);
+        let err = detect(&raw, Storage::HfFiles, Path::new("m")).unwrap_err().to_string();
+        assert!(err.contains("text_filip_projection.weight"), "{err}");
+    }
+
+    #[test]
+    fn mixed_families_name_both_keys() {
+        let raw = keys(&["text_filip_projection.weight", "positional_embedding_res"]);
+        let err = detect(&raw, Storage::HfFiles, Path::new("m")).unwrap_err().to_string();
+        assert!(err.contains("mixes model families") && err.contains("positional_embedding_res"), "{err}");
+        let raw = keys(&["text_model.embeddings.position_embedding.weight", "positional_embedding_res"]);
+        let err = detect(&raw, Storage::Official, Path::new("m")).unwrap_err().to_string();
+        assert!(err.contains("text_model.embeddings.position_embedding.weight"), "{err}");
+    }
+
+    #[test]
+    fn text_paths_per_family() {
+        assert_eq!(Family::FgClip.text_path(None).unwrap(), TextPath::Long);
+        assert_eq!(Family::FgClip.text_path(Some(TextPath::Short)).unwrap(), TextPath::Short);
+        assert!(Family::Goal.text_path(Some(TextPath::Short)).is_err());
+        assert_eq!(Family::LongClip.text_path(Some(TextPath::Long)).unwrap(), TextPath::Long);
+    }
+
+    #[test]
+    fn old_configs_read_as_long_clip() {
+        let f: Family = serde_json::from_str("\"fg_clip\"").unwrap();
+        assert_eq!(f, Family::FgClip);
+        assert_eq!(Family::default(), Family::LongClip);
+    }
+}

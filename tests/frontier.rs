@@ -1,0 +1,424 @@
+//! FG-CLIP v1 and GOAL against what their official code computes
+//! (tests/fixtures/frontier/, made by make_frontier_fixtures.py; see its
+//! README for every rule and the official file each comes from).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use longclip::checkpoint::{self, Checkpoint};
+use longclip::family::{Family, TextPath};
+use longclip::model::LongClip;
+
+const MIN_COS: f64 = 0.9999;
+const MAX_PIXEL_ERROR: f32 = 0.03;
+const MAX_LOGIT_ERROR: f32 = 1e-3;
+const PAD: u32 = 49407;
+const IMAGES: [&str; 4] = ["chelsea.png", "rocket.jpg", "camera.png", "logo.png"];
+
+fn frontier(name: &str) -> PathBuf {
+    fixture("frontier").join(name)
+}
+
+fn frontier_expected() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(frontier("expected.safetensors"), &Device::Cpu).expect("frontier expected.safetensors")
+}
+
+fn captions() -> Vec<String> {
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(frontier("MANIFEST.json")).unwrap()).unwrap();
+    m["captions"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_string()).collect()
+}
+
+/// Official ids [N, L] (int64, padded) as rows.
+fn official_ids(exp: &HashMap<String, Tensor>, key: &str) -> Vec<Vec<u32>> {
+    exp[key].to_vec2::<i64>().unwrap().into_iter().map(|r| r.into_iter().map(|v| v as u32).collect()).collect()
+}
+
+/// HF padding: 49407 up to `len`.
+fn padded(ids: &[u32], len: usize) -> Vec<u32> {
+    let mut out = ids.to_vec();
+    out.resize(len, PAD);
+    out
+}
+
+/// Ids up to and including the first EOT (what the model needs: attention is causal).
+fn unpadded(ids: &[u32]) -> Vec<u32> {
+    let end = ids.iter().position(|&t| t == PAD).map_or(ids.len(), |p| p + 1);
+    ids[..end].to_vec()
+}
+
+fn fgclip() -> Checkpoint {
+    checkpoint::load(&frontier("fg-clip-tiny")).expect("FG-CLIP fixture loads")
+}
+
+fn goal() -> Checkpoint {
+    checkpoint::load(&frontier("goal-tiny/goal-tiny.pth")).expect("GOAL fixture loads")
+}
+
+fn model(ckpt: &Checkpoint, path: Option<TextPath>) -> LongClip {
+    LongClip::with_text_path(ckpt, &Device::Cpu, DType::F32, path).unwrap()
+}
+
+fn our_pixels(family: Family, size: usize) -> Tensor {
+    let t = family.rules().transform(size);
+    let t = longclip::preprocess::Transform { exif: false, ..t };
+    let data: Vec<f32> = IMAGES.iter().flat_map(|f| t.from_path(&fixture(&format!("images/{f}"))).unwrap()).collect();
+    Tensor::from_vec(data, (IMAGES.len(), 3, size, size), &Device::Cpu).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Tokens
+
+#[test]
+fn hf_token_ids_match_the_official_tokenizer() {
+    let exp = frontier_expected();
+    let texts = captions();
+    for (family, len, key) in [(Family::FgClip, 248, "ids.hf_248"), (Family::FgClip, 77, "ids.hf_77"), (Family::Goal, 248, "ids.hf_248")] {
+        let ours = family.rules().tokenize(&texts, len).unwrap();
+        let official = official_ids(&exp, key);
+        for (i, (e, want)) in ours.iter().zip(&official).enumerate() {
+            assert_eq!(padded(&e.ids, len), *want, "{family} caption {i} at {len}");
+        }
+    }
+}
+
+#[test]
+fn hf_and_long_clip_tokenizers_differ_on_caption_2_only() {
+    let exp = frontier_expected();
+    let texts = captions();
+    let hf = Family::FgClip.rules().tokenize(&texts, 248).unwrap();
+    let lc = Family::LongClip.rules().tokenize(&texts, 248).unwrap();
+    let official_lc = official_ids(&exp, "ids.longclip_248");
+    for i in 0..texts.len() {
+        let mut want = official_lc[i].clone();
+        want.truncate(lc[i].ids.len());
+        assert_eq!(lc[i].ids, want, "Long-CLIP ids of caption {i}");
+        assert_eq!(hf[i].ids == lc[i].ids, i != 2, "caption {i}");
+    }
+}
+
+#[test]
+fn long_captions_are_truncated_and_flagged() {
+    let texts = captions();
+    let enc = Family::FgClip.rules().tokenize(&texts, 248).unwrap();
+    let flagged: Vec<usize> = (0..texts.len()).filter(|&i| enc[i].truncated).collect();
+    assert_eq!(flagged, vec![11], "only caption 11 (415 BPE) is over 248");
+    assert_eq!(enc[10].ids, enc[11].ids, "rows 10 and 11 truncate to the same ids");
+    let short = Family::FgClip.rules().tokenize(&texts, 77).unwrap();
+    let flagged: Vec<usize> = (0..texts.len()).filter(|&i| short[i].truncated).collect();
+    assert_eq!(flagged, vec![7, 8, 9, 10, 11]);
+}
+
+// ---------------------------------------------------------------------------
+// Pixels
+
+#[test]
+fn fgclip_pixels_are_a_square_resize() {
+    let exp = frontier_expected();
+    let d = max_abs_diff(&our_pixels(Family::FgClip, 64), &exp["fgclip.pixel_values"]);
+    eprintln!("fgclip pixel_values max abs diff {d:e}");
+    assert!(d <= MAX_PIXEL_ERROR, "{d}");
+}
+
+#[test]
+fn goal_pixels_are_hf_clip_image_processor() {
+    let exp = frontier_expected();
+    let d = max_abs_diff(&our_pixels(Family::Goal, 64), &exp["goal.pixel_values"]);
+    eprintln!("goal pixel_values max abs diff {d:e}");
+    assert!(d <= MAX_PIXEL_ERROR, "{d}");
+    // rocket.jpg at 64 px: 95 wide, HF's left = 15 where torchvision's is 16.
+    let lc = our_pixels(Family::LongClip, 64);
+    assert!(max_abs_diff(&lc.get(1).unwrap(), &exp["goal.pixel_values"].get(1).unwrap()) > 0.1);
+}
+
+// ---------------------------------------------------------------------------
+// FG-CLIP
+
+#[test]
+fn fgclip_loads_as_its_family() {
+    let ckpt = fgclip();
+    assert_eq!(ckpt.config.family, Family::FgClip);
+    assert_eq!(ckpt.config.text.context_length, 248);
+    assert_eq!(ckpt.config.text.keep_positions, 20);
+    assert_eq!((ckpt.config.text.heads, ckpt.config.vision.heads), (2, 2));
+    assert_eq!(ckpt.config.embed_dim, 24);
+    assert!(ckpt.ignored.iter().any(|k| k == "logit_scale_finegraind"));
+    assert_eq!(model(&ckpt, None).text_path, TextPath::Long);
+}
+
+fn check_text(what: &str, ckpt: &Checkpoint, path: TextPath, ids_key: &str, features_key: &str) -> Tensor {
+    let exp = frontier_expected();
+    let m = model(ckpt, Some(path));
+    let ids: Vec<Vec<u32>> = official_ids(&exp, ids_key).iter().map(|r| unpadded(r)).collect();
+    let ours = m.text.encode(&ids).unwrap();
+    assert_rows_cosine(what, &ours, &exp[features_key], MIN_COS);
+    eprintln!("{what}: max abs diff {:e}", max_abs_diff(&ours, &exp[features_key]));
+    ours
+}
+
+#[test]
+fn fgclip_text_features_match_on_both_paths() {
+    let ckpt = fgclip();
+    // Rows 3 and 4 end at 19 and 20 (last ori row, first res row), 6 and 10
+    // are exactly 77 and 248 tokens.
+    check_text("fgclip long", &ckpt, TextPath::Long, "ids.hf_248", "fgclip.text_features_long");
+    check_text("fgclip short", &ckpt, TextPath::Short, "ids.hf_77", "fgclip.text_features_short");
+}
+
+#[test]
+fn fgclip_image_features_and_logits_match() {
+    let exp = frontier_expected();
+    let ckpt = fgclip();
+    for (path, ids_key, logits_key) in
+        [(TextPath::Long, "ids.hf_248", "fgclip.logits_per_image_long"), (TextPath::Short, "ids.hf_77", "fgclip.logits_per_image_short")]
+    {
+        let m = model(&ckpt, Some(path));
+        let images = m.vision.encode(&exp["fgclip.pixel_values"]).unwrap();
+        assert_rows_cosine("fgclip image_features", &images, &exp["fgclip.image_features"], MIN_COS);
+        let ids: Vec<Vec<u32>> = official_ids(&exp, ids_key).iter().map(|r| unpadded(r)).collect();
+        let texts = m.text.encode(&ids).unwrap();
+        let logits = m.logits_per_image(&images, &texts).unwrap();
+        let d = max_abs_diff(&logits, &exp[logits_key]);
+        eprintln!("{logits_key}: max abs diff {d:e}");
+        assert!(d <= MAX_LOGIT_ERROR, "{logits_key}: {d}");
+    }
+}
+
+#[test]
+fn fgclip_end_to_end_from_files_and_captions() {
+    let exp = frontier_expected();
+    let ckpt = fgclip();
+    let m = model(&ckpt, None);
+    let texts = captions();
+    let ids: Vec<Vec<u32>> = m.tokenize(&texts, 248).unwrap().into_iter().map(|e| e.ids).collect();
+    let ours = m.text.encode(&ids).unwrap();
+    assert_rows_cosine("fgclip long from captions", &ours, &exp["fgclip.text_features_long"], MIN_COS);
+    let images = m.vision.encode(&our_pixels(Family::FgClip, 64)).unwrap();
+    assert_rows_cosine("fgclip image_features from files", &images, &exp["fgclip.image_features"], MIN_COS);
+}
+
+// ---------------------------------------------------------------------------
+// GOAL
+
+#[test]
+fn goal_loads_from_a_bare_state_dict() {
+    let ckpt = goal();
+    assert_eq!(ckpt.config.family, Family::Goal);
+    assert_eq!(ckpt.config.text.context_length, 248);
+    assert_eq!((ckpt.config.text.width, ckpt.config.vision.width, ckpt.config.embed_dim), (8, 48, 16));
+    assert_eq!((ckpt.config.text.heads, ckpt.config.vision.heads), (2, 2), "heads from the base config.json beside it");
+    assert!(!ckpt.is_long_clip());
+}
+
+#[test]
+fn goal_table_is_loaded_not_restretched() {
+    let exp = frontier_expected();
+    let ckpt = goal();
+    let table = ckpt.text_positions().unwrap();
+    let stretched = &exp["goal.stretch_output_248"];
+    assert!(max_abs_diff(&table, stretched) > 1e-3, "the .pth's table is not the stretch of the base 77 rows");
+    let raw = candle_core::pickle::read_all(frontier("goal-tiny/goal-tiny.pth")).unwrap();
+    let (_, stored) = raw.iter().find(|(k, _)| k.ends_with("text_model.embeddings.position_embedding.weight")).unwrap();
+    assert_eq!(max_abs_diff(&table, stored), 0.0);
+}
+
+#[test]
+fn goal_features_and_logits_match() {
+    let exp = frontier_expected();
+    let ckpt = goal();
+    let m = model(&ckpt, None);
+    check_text("goal text", &ckpt, TextPath::Long, "ids.hf_248", "goal.text_features");
+    let images = m.vision.encode(&exp["goal.pixel_values"]).unwrap();
+    assert_rows_cosine("goal image_features", &images, &exp["goal.image_features"], MIN_COS);
+    let from_files = m.vision.encode(&our_pixels(Family::Goal, 64)).unwrap();
+    assert_rows_cosine("goal image_features from files", &from_files, &exp["goal.image_features"], MIN_COS);
+    let ids: Vec<Vec<u32>> = m.tokenize(&captions(), 248).unwrap().into_iter().map(|e| e.ids).collect();
+    let texts = m.text.encode(&ids).unwrap();
+    let logits = m.logits_per_image(&images, &texts).unwrap();
+    let d = max_abs_diff(&logits, &exp["goal.logits_per_image"]);
+    eprintln!("goal.logits_per_image: max abs diff {d:e}");
+    assert!(d <= MAX_LOGIT_ERROR, "{d}");
+    assert!(Family::Goal.text_path(Some(TextPath::Short)).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Identity: fingerprints, manifests
+
+#[test]
+fn family_is_part_of_the_fingerprint() {
+    let mut ckpt = goal();
+    let fp = ckpt.fingerprint().unwrap();
+    ckpt.config.family = Family::LongClip;
+    assert_ne!(ckpt.fingerprint().unwrap(), fp, "same tensors, other tokenizer and pixels: another model");
+}
+
+#[test]
+fn families_survive_our_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, ckpt) in [("fg", fgclip()), ("goal", goal())] {
+        let path = tmp.path().join(format!("{name}.safetensors"));
+        longclip::export::save_checkpoint(&ckpt, &path).unwrap();
+        let back = checkpoint::load(&path).unwrap();
+        assert_eq!(back.config.family, ckpt.config.family, "{name}");
+        assert_eq!(back.fingerprint().unwrap(), ckpt.fingerprint().unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn old_manifests_read_as_long_clip() {
+    let old = r#"{"path": "/m.pt", "fingerprint": "sha256:00", "embed_dim": 512, "image_size": 224, "context_length": 248}"#;
+    let info: longclip::index::ModelInfo = serde_json::from_str(old).unwrap();
+    assert_eq!(info.family, Family::LongClip);
+    let info = longclip::search::model_info(&fgclip(), &frontier("fg-clip-tiny")).unwrap();
+    assert_eq!(info.family, Family::FgClip);
+    assert!(serde_json::to_string(&info).unwrap().contains("\"family\":\"fg_clip\""));
+}
+
+// ---------------------------------------------------------------------------
+// Bad input
+
+/// The FG-CLIP fixture as a directory with `edit` applied to its tensors.
+fn edited_fgclip(dir: &std::path::Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> PathBuf {
+    let out = dir.join("edited");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(frontier("fg-clip-tiny/config.json"), out.join("config.json")).unwrap();
+    let mut tensors = candle_core::safetensors::load(frontier("fg-clip-tiny/model.safetensors"), &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, out.join("model.safetensors")).unwrap();
+    out
+}
+
+#[test]
+fn fgclip_table_without_its_projection_names_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = edited_fgclip(tmp.path(), |t| {
+        t.remove("text_filip_projection.weight");
+    });
+    let err = format!("{:#}", checkpoint::load(&dir).err().unwrap());
+    assert!(err.contains("'text_filip_projection.weight'"), "{err}");
+}
+
+#[test]
+fn a_checkpoint_mixing_families_names_the_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = edited_fgclip(tmp.path(), |t| {
+        let res = t["text_model.embeddings.position_embedding_res.weight"].clone();
+        t.insert("positional_embedding_res".into(), res);
+    });
+    let err = format!("{:#}", checkpoint::load(&dir).err().unwrap());
+    assert!(err.contains("mixes model families") && err.contains("positional_embedding_res"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// Command line
+
+#[test]
+fn info_names_the_family() {
+    let out = ok(&["info", "--model", s(&frontier("fg-clip-tiny"))]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("family      FG-CLIP"), "{text}");
+    let out = ok(&["info", "--model", s(&frontier("goal-tiny/goal-tiny.pth")), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["family"], "goal");
+}
+
+#[test]
+fn embed_takes_a_text_path_and_warns_on_truncation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let texts = tmp.path().join("captions.json");
+    std::fs::write(&texts, serde_json::to_string(&captions()).unwrap()).unwrap();
+    let exp = frontier_expected();
+    for (path, key) in [("long", "fgclip.text_features_long"), ("short", "fgclip.text_features_short")] {
+        let out_path = tmp.path().join(format!("{path}.npy"));
+        let out = ok(&[
+            "embed", "--model", s(&frontier("fg-clip-tiny")), "--texts", s(&texts), "--out", s(&out_path), "--raw", "--text-path", path,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("truncated"), "{stderr}");
+        let ours = Tensor::read_npy(&out_path).unwrap();
+        assert_rows_cosine(&format!("embed --text-path {path}"), &ours, &exp[key], MIN_COS);
+    }
+    let err = fails(&["embed", "--model", s(&frontier("goal-tiny/goal-tiny.pth")), "--texts", s(&texts), "--out", "x.npy", "--text-path", "short"]);
+    assert!(err.contains("no short text path"), "{err}");
+}
+
+#[test]
+fn an_index_records_its_family_and_queries_follow_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for f in IMAGES {
+        std::fs::copy(fixture(&format!("images/{f}")), images.join(f)).unwrap();
+    }
+    let goal_path = frontier("goal-tiny/goal-tiny.pth");
+    let index = tmp.path().join("goal-index");
+    ok(&["index", "build", "--model", s(&goal_path), "--images", s(&images), "--index", s(&index), "--no-hnsw", "--dtype", "f32"]);
+    assert_eq!(info_json(&index)["model"]["family"], "goal");
+    let hits = search_json(&["search", "--index", s(&index), "--text", "A cat jumping.", "--json"]);
+    assert_eq!(hits.len(), IMAGES.len());
+    // The same tensors read as Long-CLIP would tokenize and crop otherwise: refused.
+    let mut as_long_clip = goal();
+    as_long_clip.config.family = Family::LongClip;
+    let other = tmp.path().join("goal-as-long-clip.safetensors");
+    longclip::export::save_checkpoint(&as_long_clip, &other).unwrap();
+    let err = fails(&["search", "--index", s(&index), "--model", s(&other), "--text", "a cat"]);
+    assert!(err.contains("built with a GOAL model"), "{err}");
+}
+
+#[test]
+fn eval_runs_either_text_path_with_its_own_text_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("urban");
+    ok(&["synth", "--out", s(&data), "--n", "12", "--seed", "3"]);
+    let cache = tmp.path().join("cache");
+    let model = frontier("fg-clip-tiny");
+    for path in ["long", "short"] {
+        let json = tmp.path().join(format!("{path}.json"));
+        let args = ["eval", "--model", s(&model), "--dataset", "urban1k", "--root", s(&data), "--embeddings-cache", s(&cache), "--json", s(&json), "--text-path", path];
+        let out = ok(&args);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("FG-CLIP {path} text path")));
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!((report["family"].as_str(), report["text_path"].as_str()), (Some("FG-CLIP"), Some(path)));
+        assert_eq!(report["context_length"], if path == "long" { 248 } else { 77 });
+    }
+    let dir = std::fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
+    let kinds: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(kinds.iter().any(|k| k.starts_with("texts-cpu-")), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k.starts_with("texts-short-cpu-")), "{kinds:?}");
+}
+
+#[test]
+fn fine_tuning_refuses_other_families() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = fails(&[
+        "finetune", "--model", s(&frontier("fg-clip-tiny")), "--data", s(&tmp.path().join("none.json")), "--out", s(&tmp.path().join("out")),
+    ]);
+    assert!(err.contains("Long-CLIP's recipe") && err.contains("FG-CLIP"), "{err}");
+}
+
+#[test]
+fn search_takes_fgclip_text_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for f in IMAGES {
+        std::fs::copy(fixture(&format!("images/{f}")), images.join(f)).unwrap();
+    }
+    let index = tmp.path().join("fg-index");
+    ok(&["index", "build", "--model", s(&frontier("fg-clip-tiny")), "--images", s(&images), "--index", s(&index), "--no-hnsw", "--dtype", "f32"]);
+    assert_eq!(info_json(&index)["model"]["family"], "fg_clip");
+    // Ranks follow the official logits of caption 0 on each path.
+    let exp = frontier_expected();
+    for (path, key) in [("long", "fgclip.logits_per_image_long"), ("short", "fgclip.logits_per_image_short")] {
+        let hits = search_json(&["search", "--index", s(&index), "--text", &captions()[0], "--json", "--text-path", path]);
+        let logits: Vec<f32> = rows(&exp[key]).iter().map(|r| r[0]).collect();
+        let mut want: Vec<usize> = (0..IMAGES.len()).collect();
+        want.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let got: Vec<String> = hits.iter().map(|h| h["path"].as_str().unwrap().rsplit('/').next().unwrap().to_string()).collect();
+        let want: Vec<String> = want.iter().map(|&i| IMAGES[i].to_string()).collect();
+        assert_eq!(got, want, "--text-path {path}");
+    }
+}
