@@ -383,16 +383,25 @@ pub enum Unit {
     Words,
 }
 
-/// Token ids of every text cut to `length` units.
+/// Turns texts into token ids at a context length (a family's tokenizer).
+pub type TokenizeFn<'f> = &'f dyn Fn(&[String], usize) -> Result<Vec<Vec<u32>>>;
+
+/// Long-CLIP's token ids of every text cut to `length` units.
 pub fn truncated_ids(texts: &[String], length: usize, unit: Unit, context_length: usize) -> Result<Vec<Vec<u32>>> {
+    truncated_ids_with(texts, length, unit, context_length, &|t, c| Ok(tokenize(t, c)?.0))
+}
+
+/// Token ids of every text cut to `length` units by `tokenize` (which must
+/// truncate as `tokenize(..., truncate=True)`: the first ids, EOT last).
+pub fn truncated_ids_with(texts: &[String], length: usize, unit: Unit, context_length: usize, tokenize: TokenizeFn) -> Result<Vec<Vec<u32>>> {
     match unit {
         Unit::Tokens => {
             ensure!(length >= 2, "a token length must be at least 2 (SOT and EOT), got {length}");
-            Ok(tokenize(texts, length.min(context_length))?.0)
+            tokenize(texts, length.min(context_length))
         }
         Unit::Words => {
             let cut: Vec<String> = texts.iter().map(|t| truncate_words(t, length)).collect();
-            Ok(tokenize(&cut, context_length)?.0)
+            tokenize(&cut, context_length)
         }
     }
 }
@@ -455,7 +464,8 @@ pub fn probe_rows(
     context_length: usize,
     encode: &mut dyn FnMut(&[Vec<u32>]) -> Result<Tensor>,
 ) -> Result<Vec<ProbeRow>> {
-    Ok(probe_rows_timed(texts, text_image, image_features, lengths, unit, context_length, encode)?.0)
+    let long_clip = |t: &[String], c: usize| Ok(tokenize(t, c)?.0);
+    Ok(probe_rows_timed(texts, text_image, image_features, lengths, unit, context_length, &long_clip, encode)?.0)
 }
 
 /// `probe_rows`, and the seconds spent ranking.
@@ -466,12 +476,13 @@ fn probe_rows_timed(
     lengths: &[usize],
     unit: Unit,
     context_length: usize,
+    tokenize: TokenizeFn,
     encode: &mut dyn FnMut(&[Vec<u32>]) -> Result<Tensor>,
 ) -> Result<(Vec<ProbeRow>, f64)> {
     let mut rows = Vec::with_capacity(lengths.len());
     let mut search = 0.0;
     for &length in lengths {
-        let ids = truncated_ids(texts, length, unit, context_length)?;
+        let ids = truncated_ids_with(texts, length, unit, context_length, tokenize)?;
         let features = encode(&ids)?;
         let t = Instant::now();
         let ranks = metrics::retrieval_ranks(image_features, &features, text_image)?;
@@ -494,8 +505,21 @@ pub fn probe(
     let texts = images.data.texts();
     let text_image = images.data.text_image();
     let context = enc.context_length();
-    let (rows, search) =
-        probe_rows_timed(&texts, &text_image, &images.features, lengths, unit, context, &mut |ids| enc.embed_ids(ids))?;
+    // The model's family cuts its captions (FG-CLIP and GOAL: HF's tokenizer).
+    let model = enc.model;
+    let family_tokenize = |t: &[String], c: usize| -> Result<Vec<Vec<u32>>> {
+        Ok(model.tokenize(t, c)?.into_iter().map(|e| e.ids).collect())
+    };
+    let (rows, search) = probe_rows_timed(
+        &texts,
+        &text_image,
+        &images.features,
+        lengths,
+        unit,
+        context,
+        &family_tokenize,
+        &mut |ids| enc.embed_ids(ids),
+    )?;
     enc.timings.search += search;
     Ok((rows, images))
 }

@@ -422,3 +422,23 @@ fn search_takes_fgclip_text_paths() {
         assert_eq!(got, want, "--text-path {path}");
     }
 }
+
+/// The probe cuts captions with the family's tokenizer: at full length its
+/// ids are eval's, so every text comes from eval's cache, the caption where
+/// HF and Long-CLIP tokenize differently (caption 2) included.
+#[test]
+fn probe_cuts_captions_with_the_family_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("urban");
+    ok(&["synth", "--out", s(&data), "--n", "4", "--seed", "3"]);
+    std::fs::write(data.join("caption/1.txt"), format!("{}\n", captions()[2])).unwrap();
+    let cache = tmp.path().join("cache");
+    let model = frontier("fg-clip-tiny");
+    let common = ["--model", s(&model), "--dataset", "urban1k", "--root", s(&data), "--embeddings-cache", s(&cache)];
+    ok(&[&["eval"][..], &common[..]].concat());
+    let json = tmp.path().join("probe.json");
+    ok(&[&["probe"][..], &common[..], &["--lengths", "248", "--json", s(&json)][..]].concat());
+    let probe: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(probe["models"][0]["timings"]["texts_encoded"], 0, "{probe}");
+    assert_eq!(probe["models"][0]["timings"]["texts_cached"], 4, "{probe}");
+}
