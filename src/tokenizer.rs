@@ -176,11 +176,7 @@ impl Tokenizer {
         let mut ids = vec![SOT];
         ids.extend(self.bpe_ids(text));
         ids.push(EOT);
-        let truncated = ids.len() > context_length;
-        if truncated {
-            ids.truncate(context_length);
-            ids[context_length - 1] = EOT;
-        }
+        let truncated = truncate_ids(&mut ids, context_length);
         Ok(Encoding { ids, truncated })
     }
 
@@ -283,6 +279,21 @@ fn vocab_file() -> String {
         .read_to_string(&mut text)
         .expect("bundled BPE vocabulary is valid gzip UTF-8");
     text
+}
+
+/// Cuts SOT..EOT `ids` to `context_length` as the official
+/// `tokenize(..., truncate=True)` does (and HF's tokenizer with
+/// `truncation=True`): the first `context_length` ids, the last one replaced
+/// by EOT. Returns whether anything was cut. `context_length` must be >= 1.
+pub fn truncate_ids(ids: &mut Vec<u32>, context_length: usize) -> bool {
+    if ids.len() <= context_length {
+        return false;
+    }
+    ids.truncate(context_length);
+    if let Some(last) = ids.last_mut() {
+        *last = EOT;
+    }
+    true
 }
 
 /// The paper authors' word truncation: `" ".join(caption.split(" ")[:n])`.

@@ -23,6 +23,16 @@ fn frontier(name: &str) -> PathBuf {
     fixture("frontier").join(name)
 }
 
+/// The fixture images in DIR/images.
+fn copy_images(dir: &std::path::Path) -> PathBuf {
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for f in IMAGES {
+        std::fs::copy(fixture(&format!("images/{f}")), images.join(f)).unwrap();
+    }
+    images
+}
+
 fn frontier_expected() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(frontier("expected.safetensors"), &Device::Cpu).expect("frontier expected.safetensors")
 }
@@ -348,11 +358,7 @@ fn embed_takes_a_text_path_and_warns_on_truncation() {
 #[test]
 fn an_index_records_its_family_and_queries_follow_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    for f in IMAGES {
-        std::fs::copy(fixture(&format!("images/{f}")), images.join(f)).unwrap();
-    }
+    let images = copy_images(tmp.path());
     let goal_path = frontier("goal-tiny/goal-tiny.pth");
     let index = tmp.path().join("goal-index");
     ok(&["index", "build", "--model", s(&goal_path), "--images", s(&images), "--index", s(&index), "--no-hnsw", "--dtype", "f32"]);
@@ -402,11 +408,7 @@ fn fine_tuning_refuses_other_families() {
 #[test]
 fn search_takes_fgclip_text_paths() {
     let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    for f in IMAGES {
-        std::fs::copy(fixture(&format!("images/{f}")), images.join(f)).unwrap();
-    }
+    let images = copy_images(tmp.path());
     let index = tmp.path().join("fg-index");
     ok(&["index", "build", "--model", s(&frontier("fg-clip-tiny")), "--images", s(&images), "--index", s(&index), "--no-hnsw", "--dtype", "f32"]);
     assert_eq!(info_json(&index)["model"]["family"], "fg_clip");

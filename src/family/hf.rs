@@ -92,11 +92,7 @@ impl HfTokenizer {
         ensure!(context_length >= 2, "context length must be at least 2 (SOT and EOT), got {context_length}");
         let encoded = self.inner.encode(text, true).map_err(|e| anyhow!("HF CLIP tokenizer: {e}"))?;
         let mut ids = encoded.get_ids().to_vec();
-        let truncated = ids.len() > context_length;
-        if truncated {
-            ids.truncate(context_length);
-            ids[context_length - 1] = EOT;
-        }
+        let truncated = crate::tokenizer::truncate_ids(&mut ids, context_length);
         Ok(Encoding { ids, truncated })
     }
 

@@ -446,13 +446,8 @@ impl CaptionCuts {
 /// `tokenize(text, context_length=length, truncate=True)` cuts: the first
 /// `length` ids with the last one replaced by EOT. Shorter ids are returned whole.
 pub fn cut_ids(ids: &[u32], length: usize) -> Vec<u32> {
-    if ids.len() <= length {
-        return ids.to_vec();
-    }
-    let mut cut = ids[..length].to_vec();
-    if let Some(last) = cut.last_mut() {
-        *last = crate::tokenizer::EOT;
-    }
+    let mut cut = ids.to_vec();
+    crate::tokenizer::truncate_ids(&mut cut, length);
     cut
 }
 
