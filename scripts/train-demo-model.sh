@@ -15,7 +15,7 @@ work=${1:-/tmp/longclip-demo-train}
 mkdir -p "$work"
 cd "$repo"
 cargo build --release --bin longclip --example random_checkpoint --example pack_demo_model
-bin=$repo/target/release
+bin=${CARGO_TARGET_DIR:-$repo/target}/release
 "$bin/examples/random_checkpoint" demo "$work/init.safetensors"
 "$bin/longclip" synth --out "$work/train" --n 30000 --seed 1000 --hard 0.5 --pool 8
 RAYON_NUM_THREADS=1 nice -n 10 "$bin/longclip" finetune --model "$work/init.safetensors" --data "urban1k:$work/train" \

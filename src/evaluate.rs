@@ -450,7 +450,8 @@ pub fn reader_ceiling(ids: &[Vec<u32>], text_image: &[usize]) -> ReaderCeiling {
             *sum += k.min(m) / m;
         }
     }
-    let percent = |sum: f64| 100.0 * sum / ids.len().max(1) as f64;
+    // Rounded to 1e-9: a sum of many 1/m carries float noise (85.99999999999999).
+    let percent = |sum: f64| (1e11 * sum / ids.len().max(1) as f64).round() / 1e9;
     ReaderCeiling { t2i_r1: percent(sums[0]), t2i_r5: percent(sums[1]), t2i_r10: percent(sums[2]) }
 }
 

@@ -23,6 +23,11 @@ fn h(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
+/// The most positions a stretched table may have: 65,536 (16x the longest
+/// text models in use; each position is a row of the table and of every
+/// attention mask, so an absurd ratio would only exhaust memory).
+pub const MAX_POSITIONS: usize = 65_536;
+
 /// Rows after stretching `len` rows, keeping `keep`, `ratio` rows per interval.
 pub fn stretched_len(len: usize, keep: usize, ratio: usize) -> usize {
     keep + (len - keep) * ratio
@@ -46,6 +51,14 @@ pub fn stretch_table_with(table: &Tensor, keep: usize, ratio: usize, fp16: bool)
     }
     if len < keep + 2 {
         bail!("cannot stretch a positional table of {len} rows keeping {keep} (need at least {})", keep + 2);
+    }
+    let new_len = (len - keep).checked_mul(ratio).and_then(|n| n.checked_add(keep)).filter(|&n| n <= MAX_POSITIONS);
+    if new_len.is_none() {
+        bail!(
+            "--keep {keep} --ratio {ratio} on {len} rows would give more than {MAX_POSITIONS} positions; \
+             the largest ratio here is {}",
+            (MAX_POSITIONS - keep) / (len - keep)
+        );
     }
     let h = |x: f32| if fp16 { h(x) } else { x };
     let r = ratio as f32;

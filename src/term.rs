@@ -2,7 +2,9 @@
 //! and keys are shown as visible escapes, so that a name holding a newline
 //! cannot break a table row and one holding an ANSI sequence cannot rewrite
 //! the user's terminal. Only human-readable output goes through here; JSON,
-//! JSONL, CSV and the files an index or a run writes keep the exact strings.
+//! JSONL, CSV and the files an index or a run writes keep the exact strings;
+//! one-item-a-line side files (`OUT.ids.txt`, `skipped.txt`) escape here
+//! too, so that a newline in a name cannot split a line.
 
 use std::borrow::Cow;
 use std::path::Path;

@@ -116,6 +116,10 @@ fn the_demo_runs_and_the_bundled_model_reads_past_77_tokens() {
     assert!((35.0..=45.0).contains(&ceiling), "ceiling at 77 tokens: {ceiling}");
     assert_eq!(get(248, "ceiling_t2i_r1"), 100.0);
     assert!(stdout.contains("a perfect 77-token reader"), "{stdout}");
+    // A 77-position CLIP runs too: its queries are cut at its positions.
+    let clip = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-clip77.pt");
+    let stdout = longclip(&["demo", "--out", &dir.path().join("clip").display().to_string(), "--n", "12", "--model", clip]);
+    assert!(stdout.contains("reading 77 tokens") && !stdout.contains("read to 248 tokens"), "{stdout}");
     // A rerun replaces its own folder; a foreign folder is refused.
     longclip(&["demo", "--out", &out.display().to_string(), "--n", "12"]);
     let foreign = dir.path().join("foreign");

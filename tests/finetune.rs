@@ -382,7 +382,9 @@ fn finetune_command_resumes_bit_for_bit_and_skips_bad_images() {
         .args(args(&with_share(&split, "0.25"), &["--resume"]))
         .output()
         .unwrap();
-    assert!(!other.status.success() && String::from_utf8_lossy(&other.stderr).contains("different recipe"));
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success() && err.contains("different recipe"), "{err}");
+    assert!(err.contains("cuts.share: checkpoint 0.5, this run 0.25"), "the changed value is named:\n{err}");
     run(args(&common(&split), &["--resume"]));
     let a = checkpoint::load(&straight.join("model.safetensors")).unwrap();
     let b = checkpoint::load(&split.join("model.safetensors")).unwrap();
@@ -527,3 +529,31 @@ fn a_diverging_run_stops_with_the_step_and_keeps_its_last_checkpoint() {
     assert_eq!(state["step"].as_u64().unwrap() as usize, failed - 1);
     checkpoint::load(&kept.join("model.safetensors")).unwrap();
 }
+
+/// --cut-min alone is an error; cuts that can never happen end with a
+/// warning; the log counts the cuts of each step.
+#[test]
+fn cut_options_are_checked_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = samples(8);
+    let data = write_dataset(dir.path(), &set, Sample::long);
+    let start = dir.path().join("random.safetensors");
+    export::save_checkpoint(&checkpoint::random(&tiny_config(), 5).unwrap(), &start).unwrap();
+    let base = ["--epochs", "1", "--batch-size", "4", "--pca-dim", "2"];
+    let out = finetune_command(&start, &data, &dir.path().join("a"), &[&base[..], &["--cut-min", "5"]].concat()).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--cut-min does nothing without --cut-share"));
+    let out = finetune_command(&start, &data, &dir.path().join("b"), &[&base[..], &["--cut-share", "1", "--cut-min", "1000"]].concat())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("cut no caption"), "{err}");
+    let out = finetune_command(&start, &data, &dir.path().join("c"), &[&base[..], &["--cut-share", "1"]].concat()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("8 long captions cut"), "{err}");
+    let log = std::fs::read_to_string(dir.path().join("c/log.jsonl")).unwrap();
+    let cuts: Vec<u64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["cut"].as_u64().unwrap()).collect();
+    assert_eq!(cuts, [4, 4]);
+    let err = String::from_utf8_lossy(&finetune_command(&start, &data, &dir.path().join("d"), &["--pca-dim", "0"]).output().unwrap().stderr).into_owned();
+    assert!(err.contains("--pca-dim must be at least 1"), "{err}");
+}
+

@@ -63,6 +63,18 @@ fn stretch_refuses_too_short_a_table() {
     assert!(stretch_table(&t).is_err());
 }
 
+/// A ratio past longclip::stretch::MAX_POSITIONS (or one that overflows) is
+/// a clear error, not an allocation failure or a panic.
+#[test]
+fn stretch_refuses_absurd_ratios() {
+    let t = Tensor::zeros((77, 4), DType::F32, &Device::Cpu).unwrap();
+    for ratio in [1000, usize::MAX] {
+        let err = stretch_table_with(&t, 20, ratio, false).err().unwrap().to_string();
+        assert!(err.contains("more than 65536 positions") && err.contains("largest ratio here is 1149"), "{err}");
+    }
+    assert_eq!(stretch_table_with(&t, 20, 1149, false).unwrap().dim(0).unwrap(), 20 + 57 * 1149);
+}
+
 // ---- KPS generalized in K (--keep) and R (--ratio) ----
 
 use half::f16;

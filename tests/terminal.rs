@@ -63,6 +63,17 @@ fn names_with_control_characters_are_escaped_for_the_terminal_and_exact_in_json(
     let info = info_json(&index);
     let skipped: Vec<&str> = info["skipped"].as_array().unwrap().iter().map(|s| s["path"].as_str().unwrap()).collect();
     assert!(skipped.iter().any(|p| p.ends_with(BAD)), "{skipped:?}");
+
+    // embed's one-path-a-line side files: line i is row i of the .npy.
+    let npy = dir.path().join("e.npy");
+    ok(&["embed", "--model", s(&model), "--images", s(&images), "--out", s(&npy)]);
+    let ids = std::fs::read_to_string(dir.path().join("e.ids.txt")).unwrap();
+    let rows = candle_core::Tensor::read_npy(&npy).unwrap().dim(0).unwrap();
+    assert_eq!(ids.lines().count(), rows, "{ids:?}");
+    assert!(ids.contains("two\\nlines.png"), "{ids:?}");
+    let skipped = std::fs::read_to_string(dir.path().join("e.skipped.txt")).unwrap();
+    assert_eq!(skipped.lines().count(), 1, "{skipped:?}");
+    assert_eq!(skipped.lines().next().unwrap().split('\t').count(), 2, "{skipped:?}");
 }
 
 #[test]

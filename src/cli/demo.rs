@@ -73,6 +73,9 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     if !model.exists() {
         bail!("{}: the demo model is missing (it ships in the repository's assets/demo/)", model.display());
     }
+    if a.n == 0 {
+        bail!("--n must be at least 1 (held-out scenes to generate)");
+    }
     prepare_out(&a.out)?;
     let opts = SynthOptions { n: a.n, seed: a.seed, ..SynthOptions::default() };
     let scenes = a.out.join("scenes");
@@ -90,7 +93,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     println!("\n2. longclip index build --model {} --images {} --index {} --no-hnsw", crate::term::escape_for_terminal(&m), crate::term::escape_for_terminal(&s), crate::term::escape_for_terminal(&i));
     run_command(&["index", "build", "--model", &m, "--images", &s, "--index", &i, "--no-hnsw"])?;
     println!("\n3. Three long queries (the captions of three held-out scenes), top 3 at 248 and at 77 tokens:");
-    queries(&index, &opts)?;
+    let positions = queries(&index, &opts)?;
     let (root, plot, json) = (scenes.display().to_string(), a.out.join("probe.png"), a.out.join("probe.json"));
     let (plot, json) = (plot.display().to_string(), json.display().to_string());
     println!("\n4. longclip probe --model {} --dataset urban1k --root {} --plot {} --no-cache", crate::term::escape_for_terminal(&m), crate::term::escape_for_terminal(&root), crate::term::escape_for_terminal(&plot));
@@ -98,7 +101,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         "probe", "--model", &m, "--dataset", "urban1k", "--root", &root, "--lengths", "10,20,40,60,77,90,100,110,120,248",
         "--plot", &plot, "--json", &json, "--no-cache",
     ])?;
-    headline(Path::new(&json), a.n, start.elapsed().as_secs_f64())
+    headline(Path::new(&json), a.n, start.elapsed().as_secs_f64(), positions)
 }
 
 /// An empty or missing folder, or one an earlier demo made (then replaced).
@@ -126,9 +129,11 @@ fn query_scenes(opts: &SynthOptions) -> Vec<usize> {
         .collect()
 }
 
-fn queries(index_dir: &Path, opts: &SynthOptions) -> Result<()> {
+/// Prints the three queries and their hits; returns the model's text positions.
+fn queries(index_dir: &Path, opts: &SynthOptions) -> Result<usize> {
     let index = Index::open(index_dir)?;
     let encoder = QueryEncoder::for_index(&index, None, "cpu")?;
+    let positions = encoder.model.text.context_length();
     let search_opts = search::Options { k: 3, exact: true, ef: None };
     for target in query_scenes(opts) {
         let caption = synth::scene(opts, target).long_caption();
@@ -136,13 +141,13 @@ fn queries(index_dir: &Path, opts: &SynthOptions) -> Result<()> {
         for ctx in [248, 77] {
             let vector = embed_query(&encoder, &caption, ctx)?;
             let hits = search::search(&index, &[vector], &search_opts)?.remove(0);
-            println!("  read to {ctx} tokens:");
+            println!("  read to {} tokens:", ctx.min(positions));
             for h in hits {
                 println!("    {}  {:.4}  {}{}", h.rank, h.score, crate::term::escape_for_terminal(&h.path), hit_note(&h.path, target, opts));
             }
         }
     }
-    Ok(())
+    Ok(positions)
 }
 
 /// The caption with " [77] " where a 77-token model stops reading.
@@ -161,8 +166,9 @@ fn mark_cut(caption: &str, ctx: usize) -> Result<String> {
     Ok(format!("{} [{ctx} tokens: a CLIP stops here] {}", words[..n].join(" "), words[n..].join(" ")))
 }
 
+/// The query cut at `ctx` tokens, or at the model's positions if fewer.
 fn embed_query(encoder: &QueryEncoder, text: &str, ctx: usize) -> Result<Vec<f32>> {
-    let ids = Tokenizer::global().encode(text, ctx)?.ids;
+    let ids = Tokenizer::global().encode(text, ctx.min(encoder.model.text.context_length()))?.ids;
     let features = l2_normalize(&encoder.model.text.encode(&[ids])?.to_dtype(DType::F32)?)?;
     Ok(features.flatten_all()?.to_vec1::<f32>()?)
 }
@@ -176,7 +182,8 @@ fn hit_note(path: &str, target: usize, opts: &SynthOptions) -> &'static str {
     }
 }
 
-fn headline(json: &Path, n: usize, seconds: f64) -> Result<()> {
+/// `positions`: the model's text positions (what "reading 248 tokens" can read).
+fn headline(json: &Path, n: usize, seconds: f64, positions: usize) -> Result<()> {
     let text = std::fs::read_to_string(json).with_context(|| format!("{}: cannot read", json.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", json.display()))?;
     let get = |len: u64, key: &str| -> Result<f64> {
@@ -186,9 +193,10 @@ fn headline(json: &Path, n: usize, seconds: f64) -> Result<()> {
     };
     let r1 = |len: u64| get(len, "t2i_r1");
     println!(
-        "\nT2I R@1 on {n} held-out scenes: {:.1}% reading 248 tokens, {:.1}% cut at 77 (a perfect 77-token reader: {:.1}%), \
+        "\nT2I R@1 on {n} held-out scenes: {:.1}% reading {} tokens, {:.1}% cut at 77 (a perfect 77-token reader: {:.1}%), \
          {:.1}% cut at 20 (chance {:.1}%). demo finished in {seconds:.0} s",
         r1(248)?,
+        positions.min(248),
         r1(77)?,
         get(77, "ceiling_t2i_r1")?,
         r1(20)?,

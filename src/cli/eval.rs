@@ -359,7 +359,7 @@ fn recall_table(ours: &RetrievalScores, paper: &[reference::Published]) -> Strin
 fn timing_line(seconds: f64, t: &Timings, n_images: usize, n_texts: usize) -> String {
     format!(
         "{seconds:.1} s in all: decode {:.1} s, image encode {:.1} s, text encode {:.1} s, search {:.2} s, hashing and cache {:.2} s; \
-         from cache {}/{n_images} images and {}/{n_texts} texts",
+         reused {}/{n_images} images and {}/{n_texts} texts (from the cache, or equal ids met earlier in the run)",
         t.decode, t.image_encode, t.text_encode, t.search, t.cache, t.images_cached, t.texts_cached,
     )
 }
@@ -494,6 +494,12 @@ pub fn probe(args: ProbeArgs) -> Result<()> {
     let start = Instant::now();
     if args.lengths.is_empty() {
         bail!("--lengths is empty");
+    }
+    if args.lengths.contains(&0) {
+        bail!("--lengths: a length of 0 cuts every caption to nothing");
+    }
+    if let Some(l) = args.lengths.iter().enumerate().find_map(|(i, l)| args.lengths[..i].contains(l).then_some(l)) {
+        bail!("--lengths gives {l} twice");
     }
     if let Some(p) = &args.plot {
         let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
@@ -646,16 +652,17 @@ fn probe_chart(all: &[(String, Vec<ProbeRow>)], unit: Unit, data: &Dataset) -> C
         let points = rows.iter().map(|r| (r.length as f64, r.ceiling.t2i_r1)).collect();
         series.push(Series { label: "perfect reader T2I".into(), color: all.len(), dashed: true, points });
     }
+    // 77 words is no limit of anything: the mark is for tokens only.
     let marker = match unit {
-        Unit::Tokens => "77 tokens (CLIP's limit)",
-        Unit::Words => "77",
+        Unit::Tokens => Some((77.0, "77 tokens (CLIP's limit)".to_string())),
+        Unit::Words => None,
     };
     Chart {
         title: format!("R@1 by caption length, {} ({}, {} pairs)", data.name, data.split, data.n_texts()),
         x_label: format!("caption cut to N {}", unit_name(unit)),
         y_label: "R@1 (%)".into(),
         series,
-        marker: Some((77.0, marker.into())),
+        marker,
     }
 }
 

@@ -58,9 +58,9 @@ pub struct FinetuneArgs {
     /// Share of long captions cut, at each step, to a random token length (0: none, the official recipe). Teaches a model to match a caption's beginning, as the probe and a 77-token reader see it.
     #[arg(long, default_value_t = 0.0)]
     cut_share: f64,
-    /// Shortest cut in tokens, SOT and EOT included; lengths are uniform from here to the caption's length minus one.
-    #[arg(long, default_value_t = 2)]
-    cut_min: usize,
+    /// Shortest cut in tokens, SOT and EOT included (default 2); lengths are uniform from here to the caption's length minus one, and captions of at most this many tokens stay whole.
+    #[arg(long)]
+    cut_min: Option<usize>,
     /// first-sentence (the caption up to the first ". ") or column:NAME.
     #[arg(long, default_value = "first-sentence")]
     short_caption: String,
@@ -94,6 +94,12 @@ pub struct FinetuneArgs {
 
 pub fn finetune(args: FinetuneArgs) -> Result<()> {
     let short: ShortCaption = args.short_caption.parse()?;
+    if args.pca_dim == 0 {
+        bail!("--pca-dim must be at least 1 (the short captions are matched to a PCA of that many components)");
+    }
+    if args.cut_min.is_some() && args.cut_share == 0.0 {
+        bail!("--cut-min does nothing without --cut-share (the share of captions to cut)");
+    }
     long_clip_only(&checkpoint::load(&args.model)?, "finetune")?;
     let cfg = RunConfig {
         model: args.model,
@@ -109,7 +115,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         log_scale: args.log_scale,
         pcm: PcmOptions { pca_dim: args.pca_dim, pca_group: args.pca_group, label_smoothing: LABEL_SMOOTHING },
         short,
-        cuts: CaptionCuts { share: args.cut_share, min_tokens: args.cut_min },
+        cuts: CaptionCuts { share: args.cut_share, min_tokens: args.cut_min.unwrap_or(CaptionCuts::default().min_tokens) },
         device: args.device,
         dtype: args.dtype,
         resume: args.resume,
@@ -125,9 +131,10 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         eprintln!("{}", run::describe_eval("after", e));
     }
     let memory = s.peak_rss_bytes.map(|b| format!(", peak RSS {:.2} GB", b as f64 / 1e9)).unwrap_or_default();
+    let cut = if s.cut_captions > 0 { format!(", {} long captions cut", s.cut_captions) } else { String::new() };
     eprintln!(
         "trained to step {}/{}: {} samples in {:.1} s ({:.2} samples/s{memory}), last loss long {:.4} short {:.4}, \
-         skipped {} images -> {}",
+         skipped {} images{cut} -> {}",
         s.steps,
         s.total_steps,
         s.samples,

@@ -267,7 +267,9 @@ fn embed(args: EmbedArgs) -> Result<()> {
         bail!("none of the {} images could be embedded", paths.len());
     }
     embed::write_features(&out.features, &args.out)?;
-    let ids: String = out.paths.iter().map(|p| format!("{}\n", p.display())).collect();
+    // One path a line: control characters (a newline in a name) escaped as
+    // in the terminal, so line i is row i of the .npy.
+    let ids: String = out.paths.iter().map(|p| format!("{}\n", crate::term::path(p))).collect();
     export::write_atomic(&embed::sidecar(&args.out, "ids.txt"), ids.as_bytes())?;
     eprintln!(
         "{}, skipped {} -> {}",
@@ -282,7 +284,7 @@ fn report_skipped(skipped: &[(PathBuf, String)], out: &Path) -> Result<()> {
     if skipped.is_empty() {
         return Ok(());
     }
-    let list: String = skipped.iter().map(|(p, why)| format!("{}\t{}\n", p.display(), why.replace('\n', " "))).collect();
+    let list: String = skipped.iter().map(|(p, why)| format!("{}\t{}\n", crate::term::path(p), crate::term::escape_for_terminal(why))).collect();
     let path = embed::sidecar(out, "skipped.txt");
     export::write_atomic(&path, list.as_bytes())?;
     for (p, why) in skipped {
@@ -377,6 +379,13 @@ fn info(ckpt: &Checkpoint, json: bool) -> Result<()> {
     } else if ckpt.is_long_clip() {
         format!(
             "Long-CLIP (positional_embedding rows 0..{k} + positional_embedding_res rows {k}..{n})",
+            k = c.text.keep_positions,
+            n = c.text.context_length
+        )
+    } else if c.text.context_length > 77 {
+        // An HF export of a Long-CLIP: one merged table, split where its config says.
+        format!(
+            "Long-CLIP in one merged {n}-row table (the Long-CLIP split at row {k}: rows 0..{k} kept, {k}..{n} stretched)",
             k = c.text.keep_positions,
             n = c.text.context_length
         )

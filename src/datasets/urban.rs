@@ -27,10 +27,12 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     let mut stems: Vec<&String> = captions.keys().collect();
     stems.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
     let mut data = Dataset { split: "test".into(), ..Default::default() };
+    let ext = usual_extension(&images);
     for stem in stems {
         data.captions.push(vec![first_line(&captions[stem])?]);
-        // A caption without its image is reported later as a missing image.
-        let image = images.get(stem).cloned().unwrap_or_else(|| image_dir.join(format!("{stem}.jpg")));
+        // A caption without its image is reported later as a missing image,
+        // named with the extension the other images have (synth writes .png).
+        let image = images.get(stem).cloned().unwrap_or_else(|| image_dir.join(format!("{stem}.{ext}")));
         data.images.push(image);
     }
     let orphans: Vec<&String> = images.keys().filter(|s| !captions.contains_key(*s)).collect();
@@ -38,6 +40,18 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
         data.notes.push(format!("{} images have no caption file and are not used (e.g. {})", orphans.len(), orphans[0]));
     }
     Ok(data)
+}
+
+/// The most common extension among the images (ties: the first in name
+/// order), "jpg" when there are none.
+fn usual_extension(images: &BTreeMap<String, PathBuf>) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for p in images.values() {
+        if let Some(e) = p.extension() {
+            *counts.entry(e.to_string_lossy().into_owned()).or_default() += 1;
+        }
+    }
+    counts.into_iter().fold((String::from("jpg"), 0), |best, (e, n)| if n > best.1 { (e, n) } else { best }).0
 }
 
 fn has_extension(path: &Path, ext: &str) -> bool {

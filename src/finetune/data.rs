@@ -343,6 +343,8 @@ pub struct LoadedBatch {
     pub pixels: Vec<f32>,
     pub long: Vec<Vec<u32>>,
     pub short: Vec<Vec<u32>>,
+    /// Long captions cut by `--cut-share`.
+    pub cut: usize,
     /// Images that could not be read, with the reason; their records are
     /// left out of the batch.
     pub skipped: Vec<(PathBuf, String)>,
@@ -371,7 +373,7 @@ pub fn load_batch(
 ) -> Result<LoadedBatch> {
     let paths: Vec<PathBuf> = indices.iter().map(|&i| records[i].image.clone()).collect();
     let images = transform.batch_from_paths(&paths);
-    let mut batch = LoadedBatch { step, pixels: Vec::new(), long: Vec::new(), short: Vec::new(), skipped: Vec::new() };
+    let mut batch = LoadedBatch { step, pixels: Vec::new(), long: Vec::new(), short: Vec::new(), cut: 0, skipped: Vec::new() };
     let mut kept = Vec::new();
     for (&i, image) in indices.iter().zip(images) {
         match image {
@@ -387,7 +389,7 @@ pub fn load_batch(
     let short: Vec<String> = kept.iter().map(|&i| records[i].short.clone()).collect();
     batch.long = tok.encode_batch(&long, context_length)?.into_iter().map(|e| e.ids).collect();
     batch.short = tok.encode_batch(&short, context_length)?.into_iter().map(|e| e.ids).collect();
-    cuts.apply(&mut batch.long, seed, step);
+    batch.cut = cuts.apply(&mut batch.long, seed, step);
     Ok(batch)
 }
 
@@ -424,11 +426,13 @@ impl CaptionCuts {
         Ok(())
     }
 
-    /// Cuts the rows of `long` (SOT..EOT ids) chosen for `step`.
-    pub fn apply(&self, long: &mut [Vec<u32>], seed: u64, step: usize) {
+    /// Cuts the rows of `long` (SOT..EOT ids) chosen for `step`; returns
+    /// how many it cut.
+    pub fn apply(&self, long: &mut [Vec<u32>], seed: u64, step: usize) -> usize {
         if self.share <= 0.0 {
-            return;
+            return 0;
         }
+        let mut cut = 0;
         let mut rng = SplitMix(seed ^ (step as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F) ^ 0xC0_7CA9);
         for ids in long.iter_mut() {
             // Two draws per row whether or not it is cut: row k's draws
@@ -437,8 +441,10 @@ impl CaptionCuts {
             if pick < self.share && ids.len() > self.min_tokens {
                 let span = (ids.len() - self.min_tokens) as u64;
                 *ids = cut_ids(ids, self.min_tokens + (at % span) as usize);
+                cut += 1;
             }
         }
+        cut
     }
 }
 
@@ -581,7 +587,8 @@ mod tests {
         let rows: Vec<Vec<u32>> = (0..2000).map(|i| (0..30 + (i % 5) as u32).collect()).collect();
         let cut = |share: f64, min_tokens: usize, seed: u64, step: usize| {
             let mut r = rows.clone();
-            CaptionCuts { share, min_tokens }.apply(&mut r, seed, step);
+            let n = CaptionCuts { share, min_tokens }.apply(&mut r, seed, step);
+            assert_eq!(n, r.iter().zip(&rows).filter(|(c, w)| c.len() < w.len()).count(), "the count is the rows cut");
             r
         };
         assert_eq!(cut(0.0, 2, 1, 1), rows, "share 0 leaves every caption whole");
@@ -603,7 +610,7 @@ mod tests {
         assert_ne!(half, cut(0.5, 2, 2, 1), "another seed, other cuts");
         // A caption no longer than --cut-min stays whole.
         let mut short = vec![vec![1u32, 2, 3]];
-        CaptionCuts { share: 1.0, min_tokens: 3 }.apply(&mut short, 0, 0);
+        assert_eq!(CaptionCuts { share: 1.0, min_tokens: 3 }.apply(&mut short, 0, 0), 0);
         assert_eq!(short, vec![vec![1u32, 2, 3]]);
         assert!(CaptionCuts { share: 1.5, min_tokens: 2 }.validate().is_err());
         assert!(CaptionCuts { share: 0.5, min_tokens: 1 }.validate().is_err());

@@ -115,6 +115,9 @@ pub struct RunSummary {
     pub samples_per_second: f64,
     pub skipped_images: usize,
     pub skipped_updates: usize,
+    /// Long captions cut by `--cut-share` in this run.
+    #[serde(default)]
+    pub cut_captions: usize,
     pub last_loss_long: f64,
     pub last_loss_short: f64,
     pub peak_rss_bytes: Option<u64>,
@@ -210,12 +213,13 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
     let mut log = open_append(&cfg.out.join("log.jsonl"))?;
     let mut skipped_log = open_append(&cfg.out.join("skipped.txt"))?;
     let start = Instant::now();
-    let (mut run_samples, mut last_checkpoint) = (0usize, None);
+    let (mut run_samples, mut run_cut, mut last_checkpoint) = (0usize, 0usize, None);
     let mut warned_small_group = false;
     for loaded in batches.iter() {
         let loaded = loaded?;
         for (path, why) in &loaded.skipped {
-            writeln!(skipped_log, "{}\t{}", path.display(), why.replace('\n', " "))?;
+            // PATH<TAB>REASON a line: control characters escaped as in the terminal.
+            writeln!(skipped_log, "{}\t{}", crate::term::path(path), crate::term::escape_for_terminal(why))?;
         }
         counters.skipped_images += loaded.skipped.len();
         if loaded.is_empty() {
@@ -259,6 +263,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
             })?;
             counters.samples += n;
             run_samples += n;
+            run_cut += loaded.cut;
             counters.last = (report.loss_long, report.loss_short);
             if !report.applied {
                 counters.skipped_updates += 1;
@@ -266,7 +271,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
             let line = serde_json::json!({
                 "step": trainer.step, "epoch": (trainer.step - 1) / steps_per_epoch, "lr": report.lr,
                 "loss_long": report.loss_long, "loss_short": report.loss_short, "samples": n,
-                "applied": report.applied, "loss_scale": trainer.loss_scale.scale,
+                "applied": report.applied, "loss_scale": trainer.loss_scale.scale, "cut": loaded.cut,
             });
             writeln!(log, "{line}")?;
             let rate = run_samples as f64 / start.elapsed().as_secs_f64().max(1e-9);
@@ -307,6 +312,12 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
     }
     loader.join().map_err(|_| anyhow::anyhow!("the data loader thread panicked"))?;
     bar.finish_and_clear();
+    if cfg.cuts.share > 0.0 && run_cut == 0 && run_samples > 0 {
+        eprintln!(
+            "warning: --cut-share {} cut no caption in {run_samples} samples: every long caption has at most --cut-min {} tokens",
+            cfg.cuts.share, cfg.cuts.min_tokens
+        );
+    }
     let seconds = start.elapsed().as_secs_f64();
     let model_path = cfg.out.join("model.safetensors");
     export::save_checkpoint(&trainer.params.to_checkpoint(model_path.clone())?, &model_path)?;
@@ -323,6 +334,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
         samples_per_second: run_samples as f64 / seconds.max(1e-9),
         skipped_images: counters.skipped_images,
         skipped_updates: counters.skipped_updates,
+        cut_captions: run_cut,
         last_loss_long: counters.last.0,
         last_loss_short: counters.last.1,
         peak_rss_bytes: peak_rss_bytes(),
@@ -536,16 +548,37 @@ pub fn save_training_checkpoint(out: &Path, t: &Trainer, state: &TrainState, kee
     Ok(dir)
 }
 
+/// "  key: checkpoint A, this run B" for every leaf that differs (nested
+/// keys joined with dots, e.g. `cuts.share`).
+fn recipe_changes(old: &serde_json::Value, new: &serde_json::Value, prefix: &str) -> Vec<String> {
+    match (old, new) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let null = serde_json::Value::Null;
+            keys.into_iter()
+                .flat_map(|k| {
+                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    recipe_changes(a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null), &path)
+                })
+                .collect()
+        }
+        (a, b) if a != b => vec![format!("  {prefix}: checkpoint {a}, this run {b}")],
+        _ => Vec::new(),
+    }
+}
+
 fn resume(dir: &Path, recipe: &Recipe, device: &Device, options: StepOptions) -> Result<(Trainer, Counters)> {
     let state_path = dir.join("state.json");
     let state: TrainState = serde_json::from_str(&std::fs::read_to_string(&state_path)?)
         .with_context(|| format!("{}: not a training state", state_path.display()))?;
     if &state.recipe != recipe {
+        let changed = recipe_changes(&serde_json::to_value(&state.recipe)?, &serde_json::to_value(recipe)?, "");
         bail!(
-            "--resume: {} was trained with a different recipe or data;\n  checkpoint: {}\n  this run:   {}",
+            "--resume: {} was trained with a different recipe or data:\n{}\n(resume with the values it was trained with, or start a new --out)",
             crate::term::path(dir),
-            serde_json::to_string(&state.recipe)?,
-            serde_json::to_string(recipe)?
+            changed.join("\n")
         );
     }
     let ckpt = checkpoint::load(&dir.join("model.safetensors"))?;
