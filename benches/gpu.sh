@@ -101,8 +101,13 @@ stage() {
         *) status=failed ;;
     esac
     grep '^{' "$OUT/$name.out" | sed "s/^{/{\"stage\":\"$name\",/" >> "$results"
-    record "{\"stage\":\"$name\",\"status\":\"$status\",\"rc\":$rc,\"seconds\":$secs,\"budget_s\":$budget}"
-    [ "$status" = failed ] && tail -n 3 "$OUT/$name.err" >&2
+    local error=""
+    if [ "$status" != ok ]; then
+        error=$(grep -v '^==' "$OUT/$name.err" | tail -n 1 | cut -c1-300 | sed 's/\\/\\\\/g; s/"/\\"/g' | tr -d '\000-\037')
+        [ "$status" = timeout ] && error="timed out after ${budget} s${error:+; last: $error}"
+    fi
+    record "{\"stage\":\"$name\",\"status\":\"$status\",\"rc\":$rc,\"seconds\":$secs,\"budget_s\":$budget,\"reason\":\"$error\"}"
+    [ "$status" != ok ] && echo "   $status: $error" >&2
     return $rc
 }
 

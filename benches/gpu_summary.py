@@ -78,7 +78,7 @@ def speed_lines(rows):
         for ours, theirs, label in labels:
             bf, f16 = lc.get("bf16", {}).get(ours), lc.get("f16", {}).get(ours)
             t = torch.get(theirs)
-            if not (bf or f16 or t):
+            if not (bf or f16 or t) or (theirs == "text-padded" and not t):
                 continue
             best = max((x["per_second"] for x in (bf, f16) if x), default=None)
             ratio = best / t["per_second"] if best and t else None
@@ -86,9 +86,9 @@ def speed_lines(rows):
             if ours == "vision":
                 flops = next((x["tflops"] * 1e12 / x["per_second"] for x in (bf, f16) if x and x.get("tflops")), None)
                 vals = [(d, x["per_second"] * flops / 1e12) for d, x in (("bf16", bf), ("f16", f16), ("torch", t)) if x and flops]
-                tf = ", ".join(f"{d} {v:.0f}" for d, v in vals) or "-"
+                tf = ", ".join(f"{d} {v:.3g}" for d, v in vals) or "-"
                 if peak:
-                    share = ", ".join(f"{d} {100 * v / peak:.0f}%" for d, v in vals) or "-"
+                    share = ", ".join(f"{d} {100 * v / peak:.1f}%" for d, v in vals) or "-"
             body.append([model, label, fmt(bf and bf["per_second"]), fmt(f16 and f16["per_second"]),
                          fmt(t and t["per_second"]), fmt(ratio, 2), tf, share])
     if not body:
@@ -112,7 +112,7 @@ def main():
     out += table(["stage", "status", "seconds", "budget s", "note"], stages)
 
     out += ["", "## Parity (min cos over the rows; f32 vs CPU f32 >= 0.9999, f16/bf16 vs f32 >= 0.999)", ""]
-    parity = [[r.get("model", r["stage"]), r["parity"], r["run"], r["vs"], f"{r['min_cos']:.6f}", f"{r['bound']}",
+    parity = [[r.get("model", r["stage"]), r["parity"], r["run"], r["vs"], "NaN" if r['min_cos'] is None else f"{r['min_cos']:.7f}", f"{r['bound']}",
                "ok" if r["ok"] else "**FAIL**"] for r in rows if "parity" in r and "min_cos" in r]
     out += table(["model", "tower", "run", "vs", "min cos", "bound", "ok"], parity) if parity else ["No parity rows."]
 

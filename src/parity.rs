@@ -127,10 +127,11 @@ pub fn dtype_name(dtype: DType) -> String {
 /// Errors: different shapes.
 pub fn compare(parity: &str, run: &str, vs: &str, base: &Tensor, x: &Tensor, bound: f64) -> Result<ParityRow> {
     let cos = row_cosines(base, x)?;
-    let min_cos = cos.iter().copied().fold(f64::INFINITY, f64::min);
+    // f64::min skips NaN: a NaN row (a zero or non-finite feature) must make the minimum NaN.
+    let min_cos = if cos.iter().any(|c| c.is_nan()) { f64::NAN } else { cos.iter().copied().fold(f64::INFINITY, f64::min) };
     let mean_cos = cos.iter().sum::<f64>() / cos.len().max(1) as f64;
     // NaN fails: `>=` is false for it.
-    let ok = min_cos >= bound;
+    let ok = !cos.is_empty() && min_cos >= bound;
     Ok(ParityRow { parity: parity.into(), run: run.into(), vs: vs.into(), rows: cos.len(), min_cos, mean_cos, bound, ok })
 }
 
