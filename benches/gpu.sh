@@ -3,7 +3,7 @@
 # the GPU machine from the repository root with .gpu/ carried (made by
 # scripts/build-cuda.sh); through the device tool:
 #
-#   run  carry [".gpu"]  command "bash benches/gpu.sh"  timeout_s 540
+#   run  carry [".gpu"]  command "bash benches/gpu.sh"  timeout_s 480
 #
 # It writes every figure as one JSON line to $OUT/results.jsonl (each tagged
 # with its "stage"), one status line per stage ({"stage", "status": ok |
@@ -108,15 +108,22 @@ stage() {
     fi
     record "{\"stage\":\"$name\",\"status\":\"$status\",\"rc\":$rc,\"seconds\":$secs,\"budget_s\":$budget,\"reason\":\"$error\"}"
     [ "$status" != ok ] && echo "   $status: $error" >&2
+    summarize
     return $rc
 }
 
 skip() { record "{\"stage\":\"$1\",\"status\":\"skipped\",\"reason\":\"$2\"}"; }
 
+# summary.md from results.jsonl (raw lines if gpu_summary.py fails); run
+# after every stage too, so a run killed from outside still leaves one.
+summarize() {
+    python3 benches/gpu_summary.py "$results" "$OUT/summary.md" 2> "$OUT/summary.err" ||
+        { echo "# GPU run: gpu_summary.py failed (summary.err), raw results follow"; echo; sed 's/^/    /' "$results"; } > "$OUT/summary.md"
+}
+
 finish() {
     trap - EXIT INT TERM
-    python3 benches/gpu_summary.py "$results" "$OUT/summary.md" 2> "$OUT/summary.err" ||
-        { echo "# GPU run: summary.py failed, raw results follow"; echo; sed 's/^/    /' "$results"; } > "$OUT/summary.md"
+    summarize
     [ "$own_work" = 1 ] && rm -rf "$WORK"
     echo "results: $results ($(wc -l < "$results") lines), summary: $OUT/summary.md, $(($(date +%s) - start)) s" >&2
 }

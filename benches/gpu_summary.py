@@ -64,10 +64,10 @@ def speed(rows):
     return out
 
 
-def speed_lines(rows):
+def speed_lines(rows, torch_label):
     data = speed(rows)
     peak = next((r["peak_tflops"] for r in rows if "peak_tflops" in r), None)
-    lines = [f"Ratio: the better longclip dtype over PyTorch fp16 (goal >= 1.0 end to end). "
+    lines = [f"Ratio: the better longclip dtype over {torch_label} (goal >= 1.0 end to end). "
              f"TFLOP/s and share of the bf16 peak ({fmt(peak, 0)} TFLOP/s) are the vision tower's (goal >= 50%).", ""]
     body = []
     labels = [("vision", "vision", "vision tower (images/s)"), ("text", "text", "texts/s, 120 tokens (PyTorch trimmed)"),
@@ -93,7 +93,7 @@ def speed_lines(rows):
                          fmt(t and t["per_second"]), fmt(ratio, 2), tf, share])
     if not body:
         return lines + ["No speed figures (see the stage table)."]
-    return lines + table(["model", "measurement", "longclip bf16", "longclip f16", "PyTorch fp16", "ratio",
+    return lines + table(["model", "measurement", "longclip bf16", "longclip f16", torch_label, "ratio",
                           "TFLOP/s", "share of peak"], body)
 
 
@@ -116,7 +116,8 @@ def main():
                "ok" if r["ok"] else "**FAIL**"] for r in rows if "parity" in r and "min_cos" in r]
     out += table(["model", "tower", "run", "vs", "min cos", "bound", "ok"], parity) if parity else ["No parity rows."]
 
-    out += ["", "## Speed", ""] + speed_lines(rows)
+    torch_label = "PyTorch fp32" if setup.get("device") == "cpu" else "PyTorch fp16"
+    out += ["", "## Speed", ""] + speed_lines(rows, torch_label)
 
     out += ["", "## COCO-5k eval (goal < 30 s wall, decode included)", ""]
     coco = next((r for r in rows if r.get("stage") == "coco-eval" and "goal_s" in r), None)
