@@ -53,10 +53,14 @@ pub struct ParityRow {
     pub run: String,
     /// What it was compared with, e.g. `cpu-f32`.
     pub vs: String,
+    /// Feature rows compared (images or texts).
     pub rows: usize,
+    /// The worst row's cosine (NaN when a row is zero or not finite).
     pub min_cos: f64,
     pub mean_cos: f64,
+    /// The least `min_cos` allowed: F32_BOUND or HALF_BOUND.
     pub bound: f64,
+    /// `min_cos >= bound` (false for NaN).
     pub ok: bool,
 }
 
