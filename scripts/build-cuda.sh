@@ -5,17 +5,42 @@
 #
 #   scripts/build-cuda.sh            # -> .gpu/longclip.zst (+ .gpu/run.sh)
 #   scripts/build-cuda.sh --check    # type-check the cuda feature only, no toolkit needed
+#   scripts/build-cuda.sh --size     # only check that .gpu/ fits the 64 MiB carry limit
 #
 # The toolkit comes from NVIDIA's CUDA 13.0 wheels via ../shared/scripts/cuda-env.sh
 # (about 650 MB once, under $CUDA_WHEELS_ROOT). Kernels are PTX for sm_90a
 # (H100/H200); the first build takes ~12 min on 2 cores. The CUDA build uses
 # its own target dir (target/cuda) so it never invalidates the CPU build.
-# .gpu/ is git-ignored; pass it to the device tool's `carry`, then on the GPU
-# machine run `.gpu/run.sh <longclip args>` or `benches/gpu.sh` (parity + benchmarks).
+# .gpu/ is git-ignored; pass it to the device tool's `carry` (64 MiB at most:
+# the build fails if .gpu/ is larger), then on the GPU machine run
+# `.gpu/run.sh <longclip args>` or `bash benches/gpu.sh` (the whole issue-15 run, docs/gpu.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=$(cd "${LONGCLIP_SHARED:-../shared}" 2>/dev/null && pwd || echo "${LONGCLIP_SHARED:-../shared}")
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
+
+# The device tool carries at most 64 MiB (all carried paths together): fail
+# here rather than there. LONGCLIP_GPU_LIMIT_MIB overrides the limit (tests).
+check_size() {
+    local limit_mib=${LONGCLIP_GPU_LIMIT_MIB:-64} size_kib mib
+    if [ ! -d .gpu ]; then
+        echo "build-cuda: no .gpu/ to check (run scripts/build-cuda.sh first)" >&2
+        return 1
+    fi
+    size_kib=$(du -sk .gpu | cut -f1)
+    mib=$(awk -v k="$size_kib" 'BEGIN { printf "%.1f", k / 1024 }')
+    if [ "$size_kib" -gt $((limit_mib * 1024)) ]; then
+        echo "build-cuda: .gpu/ is $mib MiB, over the ${limit_mib} MiB the device tool carries;" \
+            "drop files from .gpu/urban1k or .gpu/out" >&2
+        return 1
+    fi
+    echo "build-cuda: .gpu/ is $mib MiB, within the ${limit_mib} MiB the device tool carries"
+}
+
+if [ "${1:-}" = "--size" ]; then
+    check_size
+    exit
+fi
 
 if [ "${1:-}" = "--check" ]; then
     # A fake nvcc (a copy of ../shared's, so CI needs nothing outside the
@@ -59,3 +84,4 @@ if [ -d "$shared/datasets/urban1k/image" ] && [ ! -d .gpu/urban1k ]; then
     done
 fi
 du -sh .gpu
+check_size

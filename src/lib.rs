@@ -32,6 +32,7 @@ pub mod index;
 pub mod inference;
 pub mod metrics;
 pub mod model;
+pub mod parity;
 pub mod pcm;
 pub mod plot;
 pub mod preprocess;

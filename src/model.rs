@@ -228,6 +228,11 @@ impl TextEncoder {
         self.context_length
     }
 
+    /// The device the tower's weights live on (where `encode` runs).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Encodes token sequences (each SOT..EOT, unpadded) into unnormalized
     /// features [N, E]. All sequences run as one batch padded to the longest.
     pub fn encode(&self, batch: &[Vec<u32>]) -> Result<Tensor> {

@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::checkpoint::{self, Config};
 use crate::embed::{self, Embedder};
 use crate::model::{self, LongClip};
+use crate::parity::ParitySetup;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -45,15 +46,41 @@ pub struct BenchArgs {
     /// Peak dense throughput of the device in TFLOP/s, to report the vision tower's share of it.
     #[arg(long)]
     peak_tflops: Option<f64>,
+    /// Seed of a preset's random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Instead of timing: parity of --device in each of --parity-dtypes against CPU f32 on
+    /// generated images and texts (--text-tokens long), one JSON line per (tower, dtype);
+    /// fails when a row is below its bound (f32: cos >= 0.9999, f16/bf16 vs f32: 0.999).
+    #[arg(long)]
+    parity: bool,
+    /// Compute dtypes of the parity runs on --device.
+    #[arg(long, value_delimiter = ',', default_value = "f32,f16,bf16")]
+    parity_dtypes: Vec<String>,
+    /// Generated images and texts per parity run.
+    #[arg(long, default_value_t = 16)]
+    parity_batch: usize,
+    /// Instead of timing: write the model's weights (a preset's random ones) as a
+    /// .safetensors checkpoint that every command loads, e.g. for `eval` at a preset's shapes.
+    #[arg(long, conflicts_with = "parity")]
+    write_checkpoint: Option<PathBuf>,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    let device = model::device(&args.device)?;
-    let dtype = model::compute_dtype(&args.dtype, &device)?;
     let ckpt = match Config::preset(&args.model) {
-        Ok(config) => checkpoint::random(&config, 0)?,
+        Ok(config) => checkpoint::random(&config, args.seed)?,
         Err(_) => checkpoint::load(args.model.as_ref())?,
     };
+    if let Some(out) = &args.write_checkpoint {
+        crate::export::save_checkpoint(&ckpt, out)?;
+        eprintln!("wrote {} ({} parameters)", crate::term::path(out), ckpt.parameter_count());
+        return Ok(());
+    }
+    let device = model::device(&args.device)?;
+    if args.parity {
+        return parity(&args, &ckpt, &device);
+    }
+    let dtype = model::compute_dtype(&args.dtype, &device)?;
     let model = LongClip::new(&ckpt, &device, dtype)?;
     let head = json!({"model": args.model, "device": args.device, "dtype": format!("{dtype:?}").to_lowercase()});
     println!("{head}");
@@ -73,6 +100,32 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if let Some(dir) = &args.images {
         let rate = time_end_to_end(&model, &device, dir, &args)?;
         println!("{}", json!({"what": format!("end to end from files, batch {}", args.image_batch), "per_second": rate, "unit": "images/s"}));
+    }
+    Ok(())
+}
+
+fn parity(args: &BenchArgs, ckpt: &checkpoint::Checkpoint, device: &Device) -> Result<()> {
+    let dtypes = args.parity_dtypes.iter().map(|d| model::compute_dtype(d, device)).collect::<Result<Vec<_>>>()?;
+    let setup = ParitySetup {
+        target: ckpt,
+        reference: ckpt,
+        device,
+        device_name: &args.device,
+        dtypes: &dtypes,
+        images: args.parity_batch,
+        texts: args.parity_batch,
+        text_tokens: args.text_tokens,
+        seed: args.seed,
+    };
+    let rows = crate::parity::check(&setup)?;
+    for row in &rows {
+        let mut line = serde_json::to_value(row)?;
+        line["model"] = json!(args.model);
+        println!("{line}");
+    }
+    let failed = rows.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        bail!("parity: {failed} of {} comparisons below their bound", rows.len());
     }
     Ok(())
 }

@@ -111,7 +111,7 @@ enum Command {
     Serve(index::ServeArgs),
     /// Encoder and pipeline throughput at the released shapes (random weights), as JSON lines.
     Bench(bench::BenchArgs),
-    /// Generate a synthetic long-caption benchmark (Urban1k layout).
+    /// Generate a synthetic long-caption benchmark (Urban1k layout, or COCO for `eval --dataset coco`).
     Synth(demo::SynthArgs),
     /// The whole idea in a minute: synthetic scenes, the bundled model, search, probe, R@1 at 248 vs 77 tokens.
     Demo(demo::DemoArgs),
