@@ -262,7 +262,7 @@ pub fn write_coco(out: &Path, opts: &SynthOptions, shape: CocoShape, progress: b
     }
     let path = ann_dir.join("captions_val2017.json");
     let text = serde_json::to_string(&serde_json::json!({"images": images, "annotations": annotations}))?;
-    std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))
+    crate::export::write_atomic(&path, text.as_bytes())
 }
 
 /// The captions of one COCO image: the long caption's first 2, 4, 6, ... sentences.
@@ -289,10 +289,13 @@ fn coco_image(opts: &SynthOptions, index: usize, shape: CocoShape) -> RgbImage {
     img
 }
 
+/// Encoded in memory, then written and renamed: an interrupted run leaves no half JPEG.
 fn write_jpeg(img: &RgbImage, path: &Path) -> Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
-    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(std::io::BufWriter::new(file), 90);
-    encoder.encode_image(img).with_context(|| format!("{}: cannot write JPEG", path.display()))
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+        .encode_image(img)
+        .with_context(|| format!("{}: cannot encode JPEG", path.display()))?;
+    crate::export::write_atomic(path, &bytes)
 }
 
 fn progress_bar(len: u64, show: bool) -> indicatif::ProgressBar {

@@ -367,31 +367,7 @@ fn info(ckpt: &Checkpoint, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let kind = if c.family == Family::FgClip {
-        format!(
-            "FG-CLIP (long: position_embedding_ori rows 0..{k} + position_embedding_res rows {k}..{n}, text_filip_projection; \
-             short: position_embedding 77 rows, text_projection)",
-            k = c.text.keep_positions,
-            n = c.text.context_length
-        )
-    } else if c.family == Family::Goal {
-        format!("GOAL (one {}-row position table, loaded as stored)", c.text.context_length)
-    } else if ckpt.is_long_clip() {
-        format!(
-            "Long-CLIP (positional_embedding rows 0..{k} + positional_embedding_res rows {k}..{n})",
-            k = c.text.keep_positions,
-            n = c.text.context_length
-        )
-    } else if c.text.context_length > 77 {
-        // An HF export of a Long-CLIP: one merged table, split where its config says.
-        format!(
-            "Long-CLIP in one merged {n}-row table (the Long-CLIP split at row {k}: rows 0..{k} kept, {k}..{n} stretched)",
-            k = c.text.keep_positions,
-            n = c.text.context_length
-        )
-    } else {
-        "CLIP (one positional table)".to_string()
-    };
+    let kind = c.family.rules().describe_tables(&ckpt);
     println!("file        {}", crate::term::path(&ckpt.path));
     println!("format      {}", ckpt.format);
     println!("model       {kind}");

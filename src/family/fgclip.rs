@@ -60,6 +60,14 @@ impl Rules for FgClipRules {
         HfTokenizer::global()?.encode_batch(texts, context_length)
     }
 
+    fn describe_tables(&self, ckpt: &Checkpoint) -> String {
+        let (k, n) = (ckpt.config.text.keep_positions, ckpt.config.text.context_length);
+        format!(
+            "FG-CLIP (long: position_embedding_ori rows 0..{k} + position_embedding_res rows {k}..{n}, text_filip_projection; \
+             short: position_embedding {SHORT_POSITIONS} rows, text_projection)"
+        )
+    }
+
     fn transform(&self, size: usize) -> Transform {
         Transform::square(size)
     }

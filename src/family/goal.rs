@@ -45,6 +45,10 @@ impl Rules for GoalRules {
         HfTokenizer::global()?.encode_batch(texts, context_length)
     }
 
+    fn describe_tables(&self, ckpt: &Checkpoint) -> String {
+        format!("GOAL (one {}-row position table, loaded as stored)", ckpt.config.text.context_length)
+    }
+
     fn transform(&self, size: usize) -> Transform {
         Transform::hf_clip(size)
     }

@@ -36,6 +36,18 @@ impl Rules for LongClipRules {
         Tokenizer::global().encode_batch(texts, context_length)
     }
 
+    fn describe_tables(&self, ckpt: &Checkpoint) -> String {
+        let (k, n) = (ckpt.config.text.keep_positions, ckpt.config.text.context_length);
+        if ckpt.is_long_clip() {
+            format!("Long-CLIP (positional_embedding rows 0..{k} + positional_embedding_res rows {k}..{n})")
+        } else if n > 77 {
+            // An HF export of a Long-CLIP: one merged table, split where its config says.
+            format!("Long-CLIP in one merged {n}-row table (the Long-CLIP split at row {k}: rows 0..{k} kept, {k}..{n} stretched)")
+        } else {
+            "CLIP (one positional table)".to_string()
+        }
+    }
+
     fn transform(&self, size: usize) -> Transform {
         Transform::clip(size)
     }

@@ -99,6 +99,8 @@ pub trait Rules: Sync {
     fn text_paths(&self) -> &'static [TextPath] {
         &[TextPath::Long]
     }
+    /// The model and its position tables in words, for `info`.
+    fn describe_tables(&self, ckpt: &Checkpoint) -> String;
     /// Position table and projection of `path`.
     fn text_tables(&self, ckpt: &Checkpoint, path: TextPath) -> Result<TextTables>;
     /// Tensors beyond the CLIP/Long-CLIP ones (official names), with shapes.
