@@ -377,3 +377,46 @@ fn an_imported_inference_folder_keeps_its_model() {
     let found = common::search_json(&["search", "--index", s(&index), "--text", "a coloured square", "-k", "3", "--json"]);
     assert_eq!(found.len(), 3, "{found:?}");
 }
+
+#[test]
+fn missing_members_and_invalid_json_are_skipped_and_other_inputs_or_flags_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let ds = t.path().join("ds");
+    std::fs::create_dir_all(&ds).unwrap();
+    let mut a = sample("good", 1);
+    a.push(("notxt.jpg".into(), jpeg(2)));
+    a.push(("notxt.json".into(), b"{}".to_vec()));
+    a.push(("nojson.jpg".into(), jpeg(3)));
+    a.push(("nojson.txt".into(), caption(3).into_bytes()));
+    a.push(("badjson.jpg".into(), jpeg(4)));
+    a.push(("badjson.txt".into(), caption(4).into_bytes()));
+    a.push(("badjson.json".into(), b"{\"width\": 3,".to_vec()));
+    write_tar(&ds.join("00000.tar"), &a);
+    let input = format!("{}/{{00000..00000}}.tar", ds.display());
+
+    let out = t.path().join("out");
+    infer(&input, &out, &["--enable-text", "--enable-metadata"]);
+    let st = stats(&out, 0);
+    let skipped = &st["skipped"];
+    assert_eq!(skipped["no caption (.txt)"], 1, "{st:#}");
+    assert_eq!(skipped["no metadata (.json)"], 1, "{st:#}");
+    assert_eq!(skipped[".json is not valid JSON"], 1, "{st:#}");
+    assert_eq!(st["sample_count"], 1, "{st:#}");
+    let details = st["skipped_samples"].to_string();
+    assert!(details.contains("notxt") && details.contains("nojson") && details.contains("badjson"), "{details}");
+
+    // Without --enable-text / --enable-metadata the same members are not needed.
+    let plain = t.path().join("plain");
+    infer(&input, &plain, &[]);
+    assert_eq!(stats(&plain, 0)["sample_count"], 4);
+
+    // The folder of the first run refuses other flags and another input, and is left as it was.
+    let before = std::fs::read(out.join("stats/0.json")).unwrap();
+    let m = model();
+    let e = fails(&["inference", "--input", &input, "--input-format", "webdataset", "--output-folder", s(&out), "--model", &m, "--no-progress", "--enable-text"]);
+    assert!(e.contains("Use the same flags"), "{e}");
+    let other_input = dataset(&t.path().join("ds2"), 1, 2);
+    let e = fails(&["inference", "--input", &other_input, "--input-format", "webdataset", "--output-folder", s(&out), "--model", &m, "--no-progress", "--enable-text", "--enable-metadata"]);
+    assert!(e.contains("holds partitions of --input"), "{e}");
+    assert_eq!(std::fs::read(out.join("stats/0.json")).unwrap(), before, "nothing rewritten");
+}
