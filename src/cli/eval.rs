@@ -23,13 +23,16 @@ use crate::{cache, export, reference};
 
 #[derive(Args)]
 pub struct DatasetArgs {
-    /// coco, flickr30k, sharegpt4v, urban1k, urban200, csv, jsonl (eval also takes cifar10, cifar100, imagenet).
+    /// coco, flickr30k, sharegpt4v, urban1k, urban200, dci, docci, iiw, csv, jsonl (eval also takes cifar10, cifar100, imagenet).
+    /// The long-caption protocols (dci, docci, iiw, ShareGPT4V-10k) are described in docs/benchmarks.md.
     #[arg(long)]
     dataset: String,
     /// The dataset's folder, as downloaded (csv / jsonl: the file itself).
     #[arg(long)]
     root: PathBuf,
-    /// coco: val2017 (default, the official protocol) or karpathy; flickr30k: full (default) or karpathy.
+    /// coco: val2017 (default, the official protocol) or karpathy; flickr30k: full (default) or karpathy;
+    /// dci: long (default, Long-DCI), fgclip, lotlip or goal; docci: test (default), qual_test, test,qual_test or goal;
+    /// iiw: lotlip (default, 612 pairs), docci_test, iiw400 or dci_test.
     #[arg(long)]
     split: Option<String>,
     /// Where image paths are relative to, if not the layout's usual folder.
@@ -41,7 +44,8 @@ pub struct DatasetArgs {
     /// csv / jsonl: the caption column.
     #[arg(long, default_value = "caption")]
     caption_column: String,
-    /// sharegpt4v: records from the start of the file that form the test set.
+    /// sharegpt4v: records from the start of the file that form the test set (1000: split 1k; 10000: split 10k,
+    /// whose records 1k-10k are in Long-CLIP's training data).
     #[arg(long, default_value_t = 1000)]
     limit: usize,
     /// coco / flickr30k: captions per image (0 = all).
@@ -65,12 +69,13 @@ impl DatasetArgs {
     }
 
     fn load(&self) -> Result<Dataset> {
-        let mut data = datasets::load(&self.dataset, &self.root, &self.options())?;
-        if data.name == "sharegpt4v" && self.limit == 1000 {
-            data.split = "1k".into();
-        }
+        // The ShareGPT4V split (1k, 10k) is named by the loader.
+        let data = datasets::load(&self.dataset, &self.root, &self.options())?;
         for note in &data.notes {
             eprintln!("note: {}", crate::term::escape_for_terminal(note));
+        }
+        for warning in &data.warnings {
+            eprintln!("warning: {}", crate::term::escape_for_terminal(warning));
         }
         Ok(data)
     }

@@ -5,18 +5,26 @@
 //! |---|---|---|
 //! | `coco` | `annotations/captions_val2017.json` + `val2017/` (any `--split` with that pattern), or `--split karpathy` with `dataset_coco.json` | first 5 per image |
 //! | `flickr30k` | `--split full`: `results_20130124.token` + `flickr30k-images/`; `--split karpathy`: `dataset_flickr30k.json` | 5 per image |
-//! | `sharegpt4v` | `share-captioner_coco_lcs_sam_1246k_1107.json` + images under the root | first 1,000 records, `conversations[1].value` |
+//! | `sharegpt4v` | `share-captioner_coco_lcs_sam_1246k_1107.json` + images under the root | first 1,000 records (`--limit 10000`: 10k), `conversations[1].value` |
 //! | `urban1k`, `urban200` | `image/N.jpg` + `caption/N.txt` | first line |
+//! | `dci` | `--split long` (Long-DCI, TULIP), `fgclip`, `lotlip`: DCI's `densely_captioned_images/` (+ Long-DCI's `dci_long.csv`) | `extra_caption` (lotlip: `short_caption` + `extra_caption`) |
+//! | `docci` | `docci_descriptions.jsonlines` + `images/`, `--split test` (5,000) or `qual_test` | `description` |
+//! | `iiw` | ImageInWords `IIW-400/`, `DCI_Test/`, `DOCCI_Test/` `data.jsonl` + `docci_aar/`, `dci/`, `docci/` | `IIW` |
 //! | `csv`, `jsonl` | a file with image and caption columns | rows grouped by image |
+//!
+//! The long-caption benchmarks' protocols and sources are in docs/benchmarks.md.
 //!
 //! Retrieval sets are [`Dataset`]s; zero-shot classification sets (CIFAR,
 //! ImageNet) are in [`classes`].
 
 pub mod classes;
 mod coco;
+mod dci;
+mod docci;
 mod flickr;
+mod iiw;
 mod pickle;
-mod sharegpt4v;
+pub mod sharegpt4v;
 pub mod table;
 mod urban;
 
@@ -56,7 +64,8 @@ impl ImageRef {
 }
 
 /// The retrieval datasets `load` knows.
-pub const RETRIEVAL_DATASETS: [&str; 7] = ["coco", "flickr30k", "sharegpt4v", "urban1k", "urban200", "csv", "jsonl"];
+pub const RETRIEVAL_DATASETS: [&str; 10] =
+    ["coco", "flickr30k", "sharegpt4v", "urban1k", "urban200", "dci", "docci", "iiw", "csv", "jsonl"];
 
 /// A retrieval set: images and the captions of each image.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -68,6 +77,9 @@ pub struct Dataset {
     pub captions: Vec<Vec<String>>,
     /// Things worth telling the user that are not errors.
     pub notes: Vec<String>,
+    /// Things that make the numbers mean less than they seem (e.g. test
+    /// items that are in a model's training data); printed as warnings.
+    pub warnings: Vec<String>,
 }
 
 impl Dataset {
@@ -156,6 +168,9 @@ pub fn load(name: &str, root: &Path, opts: &LoadOptions) -> Result<Dataset> {
         "flickr30k" | "flickr" => flickr::load(root, opts)?,
         "sharegpt4v" => sharegpt4v::load(root, opts)?,
         "urban1k" | "urban200" | "urban" => urban::load(root, opts)?,
+        "dci" => dci::load(root, opts)?,
+        "docci" => docci::load(root, opts)?,
+        "iiw" => iiw::load(root, opts)?,
         "csv" => table::load_csv(root, opts)?,
         "jsonl" => table::load_jsonl(root, opts)?,
         other => bail!(
@@ -211,6 +226,64 @@ pub(crate) fn require_dir(dir: &Path, layout: &str) -> Result<()> {
     Ok(())
 }
 
+/// Reads a JSON Lines file into records; errors name the file and line
+/// (1-based). Blank lines are skipped.
+pub(crate) fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read as UTF-8 text", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = serde_json::from_str(line).map_err(|e| {
+            let what = if e.is_data() { "unexpected JSON content" } else { "malformed JSON" };
+            anyhow::anyhow!("{}:{}: {what}: {e}", path.display(), n + 1)
+        })?;
+        out.push((n + 1, record));
+    }
+    Ok(out)
+}
+
+/// GOAL's test lists (PerceptualAI-Lab/GOAL `datasets/DCI_test.json`,
+/// `datasets/docci_test.json`, read by `QueryLoader` in `retrieval_goal.py`):
+/// a JSON array of `{"filename", "caption"}`, one pair each. The filenames
+/// carry GOAL's own folders, so only the file name is kept, under
+/// `image_dir`. Looked for as `file_name` in `root` or `root/datasets/`.
+pub(crate) fn load_goal_list(root: &Path, file_name: &str, image_dir: &Path) -> Result<Dataset> {
+    #[derive(serde::Deserialize)]
+    struct Pair {
+        filename: String,
+        caption: String,
+    }
+    let Some(path) = find_first(root, &[file_name, &format!("datasets/{file_name}")]) else {
+        bail!("{}: GOAL's protocol reads its {file_name} (from GOAL's datasets/ folder): expected it there or in datasets/", root.display());
+    };
+    let pairs: Vec<Pair> = read_json(&path)?;
+    let mut data = Dataset { split: "goal".into(), ..Default::default() };
+    for (n, p) in pairs.into_iter().enumerate() {
+        let name = p.filename.rsplit(['/', '\\']).next().unwrap_or_default();
+        if name.trim().is_empty() {
+            bail!("{}: record {n} has an empty filename", path.display());
+        }
+        if p.caption.trim().is_empty() {
+            bail!("{}: record {n} has an empty caption", path.display());
+        }
+        data.images.push(image_dir.join(name));
+        data.captions.push(vec![p.caption]);
+    }
+    Ok(data)
+}
+
+/// LoTLIP's caption clean-up, applied to every long caption it evaluates
+/// (`split_caption` in wuw2019/LoTLIP `dataloaders/dci_retrieval.py`,
+/// `iiw_retrieval.py`, `share4v.py`): split at newlines, `</s>` and full
+/// stops (`re.split(r'\n|</s>|[.]', text)`), strip each piece, drop the
+/// empty ones and join with ". " (so the final full stop is gone).
+pub fn lotlip_caption(text: &str) -> String {
+    let pieces = text.split("</s>").flat_map(|part| part.split(['\n', '.']));
+    pieces.map(str::trim).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(". ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +295,7 @@ mod tests {
             images: vec!["a.jpg".into(), "b.jpg".into(), "c.jpg".into()],
             captions: vec![vec!["a1".into(), "a2".into()], vec!["b1".into()], vec!["c1".into(), "c2".into()]],
             notes: vec![],
+            warnings: vec![],
         }
     }
 
@@ -238,6 +312,13 @@ mod tests {
         let d = sample().without(&[1]);
         assert_eq!(d.images, [PathBuf::from("a.jpg"), PathBuf::from("c.jpg")]);
         assert_eq!(d.text_image(), [0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn lotlip_caption_follows_split_caption() {
+        assert_eq!(lotlip_caption("A dog.  It runs.\nOn grass</s>x"), "A dog. It runs. On grass. x");
+        assert_eq!(lotlip_caption("Short.\nLong one. 3.5 m"), "Short. Long one. 3. 5 m");
+        assert_eq!(lotlip_caption(" .. \n"), "");
     }
 
     #[test]

@@ -3,6 +3,13 @@
 //! training data). Caption = `conversations[1].value` with newlines replaced
 //! by spaces; image = `image`, relative to the image root.
 //!
+//! ShareGPT4V-10k (`--limit 10000`, split `10k`): the first 10,000 records,
+//! as LoTLIP (`share4v_sam_10k.json`, "the top 10k samples" of the same
+//! file) and later papers report it. Records 1,000 to 9,999 are in
+//! Long-CLIP's training data, so the loader warns (see [`TRAINING_OVERLAP`]).
+//! Captions keep Long-CLIP's rule here; LoTLIP also re-punctuates them
+//! ([`super::lotlip_caption`]), a difference noted in docs/benchmarks.md.
+//!
 //! The file is over a gigabyte: it is read as a stream and parsing stops after
 //! the records needed.
 
@@ -17,6 +24,19 @@ use serde::Deserialize;
 use super::{json_error, Dataset, LoadOptions};
 
 pub const FILE_NAME: &str = "share-captioner_coco_lcs_sam_1246k_1107.json";
+
+/// Records from this index on are Long-CLIP's training data (it was trained
+/// on ShareGPT4V without its first 1,000 records).
+pub const TRAINING_OVERLAP: usize = 1000;
+
+/// The split name of the first `limit` records: `1k`, `10k`, else `first N`.
+pub fn split_name(limit: usize) -> String {
+    match limit {
+        1000 => "1k".into(),
+        10000 => "10k".into(),
+        n => format!("first {n}"),
+    }
+}
 
 #[derive(Deserialize)]
 struct Record {
@@ -40,7 +60,7 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     }
     let image_root = opts.image_root.clone().unwrap_or(dir);
     let records: Vec<Record> = first_records(&path, opts.limit)?;
-    let mut data = Dataset { split: format!("first {}", opts.limit), ..Default::default() };
+    let mut data = Dataset { split: split_name(opts.limit), ..Default::default() };
     for (n, r) in records.into_iter().enumerate() {
         let Some(turn) = r.conversations.get(1) else {
             bail!("{}: record {n} has {} conversation turns; the caption is the second", path.display(), r.conversations.len());
@@ -54,6 +74,15 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     }
     if data.images.len() < opts.limit {
         data.notes.push(format!("{} has only {} records; all are used", path.display(), data.images.len()));
+    }
+    let n = data.images.len();
+    if n > TRAINING_OVERLAP {
+        data.warnings.push(format!(
+            "ShareGPT4V records {TRAINING_OVERLAP} to {} (the 1k-10k range of ShareGPT4V-10k) are in Long-CLIP's training data \
+             (Long-CLIP was trained on ShareGPT4V without its first {TRAINING_OVERLAP} records): for Long-CLIP checkpoints \
+             only the first {TRAINING_OVERLAP} are held out",
+            n - 1
+        ));
     }
     Ok(data)
 }

@@ -115,6 +115,12 @@ impl<'a> Builder<'a> {
 /// commas, optionally quoted ("" is a quote inside quotes, and quoted fields
 /// may span lines); \n or \r\n ends a record.
 pub fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>> {
+    parse_delimited(text, ',')
+}
+
+/// Like [`parse_csv`] with another field separator (a tab for the
+/// tab-separated files pandas writes with `to_csv(sep='\t')`).
+pub fn parse_delimited(text: &str, sep: char) -> Result<Vec<(usize, Vec<String>)>> {
     let mut rows = Vec::new();
     let mut fields = Vec::new();
     let mut field = String::new();
@@ -142,12 +148,13 @@ pub fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>> {
                     }
                 }
                 match chars.peek() {
-                    None | Some(',') | Some('\n') | Some('\r') => {}
+                    None | Some('\n') | Some('\r') => {}
+                    Some(&c) if c == sep => {}
                     Some(other) => bail!("line {line}: unexpected '{other}' after a closing quote"),
                 }
                 at_field_start = false;
             }
-            ',' => {
+            c if c == sep => {
                 fields.push(std::mem::take(&mut field));
                 at_field_start = true;
             }
