@@ -27,6 +27,10 @@ use crate::rng::SplitMix;
 pub const KEEP_POSITIONS: usize = 20;
 /// The extra key of an exported `config.json` that records the split.
 pub const HF_KEEP_KEY: &str = "longclip_keep_positions";
+/// The extra key of an exported `config.json` that records the model family
+/// (`"long_clip"`, `"fg_clip"`, `"goal"`): a GOAL export has the tensors of a
+/// Long-CLIP HF port, and only this key tells them apart.
+pub const HF_FAMILY_KEY: &str = "longclip_family";
 /// Metadata key under which our safetensors files store the [`Config`].
 pub const CONFIG_METADATA_KEY: &str = "longclip.config";
 
@@ -157,10 +161,13 @@ impl Checkpoint {
 
     /// A format-independent identity: sha256 over every tensor's name, dtype,
     /// shape and bytes in name order, so a `.pt` and its safetensors copy
-    /// agree. "sha256:" and 64 hex digits.
+    /// agree. Tensors the family carries unread (FG-CLIP's training-only
+    /// logit scales) are left out: they change nothing computed. "sha256:"
+    /// and 64 hex digits.
     pub fn fingerprint(&self) -> Result<String> {
         use sha2::{Digest, Sha256};
-        let mut keys: Vec<&String> = self.tensors.keys().collect();
+        let carried = self.config.family.rules().carried_keys();
+        let mut keys: Vec<&String> = self.tensors.keys().filter(|k| !carried.contains(&k.as_str())).collect();
         keys.sort();
         let mut hash = Sha256::new();
         for key in keys {
@@ -219,7 +226,10 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     };
     let family = match &metadata.config {
         Some(c) => c.family,
-        None => family::detect(&raw, storage, path)?,
+        None => {
+            let recorded = metadata.hf_config.as_ref().map(|hf| recorded_family(hf, path)).transpose()?.flatten();
+            family::resolve(&raw, storage, path, recorded)?
+        }
     };
     // Official names (our safetensors of any family) are final already.
     let tensors = match storage {
@@ -244,6 +254,16 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let ckpt = Checkpoint { path: path.to_path_buf(), format, config, tensors, ignored };
     check_shapes(&ckpt)?;
     Ok(ckpt)
+}
+
+/// The family an HF config.json records ([`HF_FAMILY_KEY`]), if any.
+fn recorded_family(hf: &serde_json::Value, path: &Path) -> Result<Option<Family>> {
+    let Some(value) = hf.get(HF_FAMILY_KEY) else {
+        return Ok(None);
+    };
+    serde_json::from_value(value.clone()).map(Some).with_context(|| {
+        format!("{}: config.json's '{HF_FAMILY_KEY}' is {value}, expected \"long_clip\", \"fg_clip\" or \"goal\"", path.display())
+    })
 }
 
 #[derive(Default)]
@@ -561,16 +581,25 @@ fn hf_to_official(mut hf: Tensors, path: &Path) -> Result<Tensors> {
 }
 
 /// Official state dict -> Hugging Face `CLIPModel` names (for `convert`).
+/// The text tables and projections are the family's
+/// ([`crate::family::Rules::hf_text_tensors`]: FG-CLIP keeps both paths under
+/// its own names), and so are the tensors it carries unread.
 pub fn official_to_hf(ckpt: &Checkpoint) -> Result<Vec<(String, Tensor)>> {
-    let mut out = Vec::new();
+    let rules = ckpt.config.family.rules();
+    let mut out = rules.hf_text_tensors(ckpt)?;
     for (to, from) in TOP_RENAMES {
         if from == "positional_embedding" {
-            out.push((to.to_string(), ckpt.text_positions()?));
-        } else if let Some(t) = ckpt.tensors.get(from) {
+            continue;
+        }
+        if let Some(t) = ckpt.tensors.get(from) {
             out.push((to.to_string(), t.clone()));
         }
     }
-    out.push(("text_projection.weight".into(), ckpt.get("text_projection")?.t()?.contiguous()?));
+    for key in rules.carried_keys() {
+        if let Some(t) = ckpt.tensors.get(*key) {
+            out.push((key.to_string(), t.clone()));
+        }
+    }
     out.push(("visual_projection.weight".into(), ckpt.get("visual.proj")?.t()?.contiguous()?));
     let layers = [ckpt.config.text.layers, ckpt.config.vision.layers];
     let widths = [ckpt.config.text.width, ckpt.config.vision.width];
@@ -742,12 +771,20 @@ fn block_shapes(prefix: &str, layers: usize, w: usize, mlp: usize, out: &mut Vec
     }
 }
 
+/// The tensors the model reads, plus those its family carries unread (still
+/// listed as ignored: the model does not use them); the rest are dropped and
+/// listed.
 fn keep_model_keys(mut tensors: Tensors, config: &Config) -> (Tensors, Vec<String>) {
     let long_clip = tensors.contains_key("positional_embedding_res");
     let mut wanted: Vec<String> = expected_shapes(config, long_clip).into_iter().map(|(k, _)| k).collect();
     wanted.push("logit_scale".into());
-    let kept: Tensors = wanted.iter().filter_map(|k| tensors.remove_entry(k)).collect();
-    let mut ignored: Vec<String> = tensors.into_keys().collect();
+    let mut kept: Tensors = wanted.iter().filter_map(|k| tensors.remove_entry(k)).collect();
+    let mut ignored: Vec<String> = tensors.keys().cloned().collect();
+    for key in config.family.rules().carried_keys() {
+        if let Some(t) = tensors.remove(*key) {
+            kept.insert(key.to_string(), t);
+        }
+    }
     ignored.sort();
     (kept, ignored)
 }

@@ -1,7 +1,9 @@
 //! Writing checkpoints: our safetensors (official names, config in the
-//! metadata) and Hugging Face `CLIPModel` directories with the two
-//! positional tables merged into one. Every write goes to a temporary name
-//! first and is renamed into place, so a reader never sees half a file.
+//! metadata) and Hugging Face model directories: a `CLIPModel` with the two
+//! Long-CLIP tables merged into one, or the family's own keys (FG-CLIP's
+//! two text paths), the family recorded in config.json. Every write goes to
+//! a temporary name first and is renamed into place, so a reader never sees
+//! half a file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use serde_json::json;
 
-use crate::checkpoint::{official_to_hf, Activation, Checkpoint, CONFIG_METADATA_KEY, HF_KEEP_KEY};
+use crate::checkpoint::{official_to_hf, Activation, Checkpoint, CONFIG_METADATA_KEY, HF_FAMILY_KEY, HF_KEEP_KEY};
 use crate::tokenizer::{Tokenizer, EOT, SOT};
 
 /// A sibling path that the final rename replaces: `dir/.name.tmp-PID`.
@@ -36,15 +38,52 @@ fn write_safetensors(tensors: Vec<(String, Tensor)>, metadata: HashMap<String, S
 }
 
 /// Our own format: official names in their stored dtypes, and the config
-/// (heads included) in the metadata so nothing has to be guessed on load.
+/// (heads and family included) in the metadata so nothing has to be guessed
+/// on load.
 pub fn save_checkpoint(ckpt: &Checkpoint, path: &Path) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor)> = ckpt.tensors.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+    save_checkpoint_as(ckpt, path, None)
+}
+
+/// [`save_checkpoint`] with every float tensor stored as `dtype` (None: as loaded).
+pub fn save_checkpoint_as(ckpt: &Checkpoint, path: &Path, dtype: Option<DType>) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = ckpt
+        .tensors
+        .iter()
+        .map(|(k, t)| match dtype {
+            Some(d) if t.dtype().is_float() => Ok((k.clone(), t.to_dtype(d)?)),
+            _ => Ok((k.clone(), t.clone())),
+        })
+        .collect::<Result<_>>()?;
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut meta = HashMap::new();
     meta.insert(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(&ckpt.config)?);
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert("longclip.source".to_string(), ckpt.path.display().to_string());
     write_safetensors(tensors, meta, path)
+}
+
+/// What `longclip convert` wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Converted {
+    /// Our safetensors (official names, config with the family in the metadata).
+    Safetensors,
+    /// A Hugging Face model directory ([`write_hf_dir`]).
+    HfDir,
+}
+
+/// `longclip convert`: `out` ending in `.safetensors` gets our format (every
+/// float tensor as `dtype`, or as stored when None), anything else a Hugging
+/// Face directory (`dtype`, f32 when None). Both record the family, so the
+/// written model loads as the family it was (a GOAL stays GOAL).
+pub fn convert(ckpt: &Checkpoint, out: &Path, dtype: Option<DType>) -> Result<Converted> {
+    let is_safetensors = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    if is_safetensors {
+        save_checkpoint_as(ckpt, out, dtype)?;
+        Ok(Converted::Safetensors)
+    } else {
+        write_hf_dir(ckpt, out, dtype.unwrap_or(DType::F32))?;
+        Ok(Converted::HfDir)
+    }
 }
 
 /// A Hugging Face `CLIPModel` directory: config.json, model.safetensors, the
@@ -88,8 +127,12 @@ fn hf_config(ckpt: &Checkpoint, dtype: DType) -> serde_json::Value {
     };
     // The merged table loses the Long-CLIP split: the extra key keeps it
     // (transformers ignores it; `longclip finetune` splits the table there).
+    // The family key keeps what the tensors alone do not say (GOAL's tensors
+    // are a Long-CLIP port's). FG-CLIP's tables and config follow its own code.
+    let (architecture, text_positions) = c.family.rules().hf_model(c);
     json!({
-        "architectures": ["CLIPModel"],
+        "architectures": [architecture],
+        HF_FAMILY_KEY: c.family,
         HF_KEEP_KEY: c.text.keep_positions,
         "model_type": "clip",
         "projection_dim": c.embed_dim,
@@ -102,7 +145,7 @@ fn hf_config(ckpt: &Checkpoint, dtype: DType) -> serde_json::Value {
             "intermediate_size": c.text.mlp_width,
             "num_attention_heads": c.text.heads,
             "num_hidden_layers": c.text.layers,
-            "max_position_embeddings": c.text.context_length,
+            "max_position_embeddings": text_positions,
             "vocab_size": c.text.vocab_size,
             "hidden_act": act,
             "layer_norm_eps": 1e-5,

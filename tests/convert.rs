@@ -291,3 +291,22 @@ fn hf_export_loads_in_transformers_clip_processor() {
     assert!(text >= 0.9999, "CLIPProcessor + CLIPModel text features vs ours: min cos {text}");
     eprintln!("captions whose raw ids differ in transformers (no ftfy / HTML cleaning there): {}", report["raw_id_mismatches"]);
 }
+
+#[test]
+fn convert_to_safetensors_keeps_or_sets_the_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-longclip.pt");
+    let original = checkpoint::load(&model).unwrap();
+    let kept = dir.path().join("kept.safetensors");
+    ok(&["convert", "--model", s(&model), "--out", s(&kept)]);
+    let back = checkpoint::load(&kept).unwrap();
+    assert_eq!(back.format, Format::Safetensors);
+    assert_eq!(back.dtype_counts(), original.dtype_counts(), "dtypes as stored");
+    assert_eq!(back.fingerprint().unwrap(), original.fingerprint().unwrap());
+    let half = dir.path().join("half.safetensors");
+    ok(&["convert", "--model", s(&model), "--out", s(&half), "--dtype", "f16"]);
+    let back = checkpoint::load(&half).unwrap();
+    assert_eq!(back.dtype_counts().keys().collect::<Vec<_>>(), vec!["F16"]);
+    let (a, b) = (features(&original), features(&back));
+    assert_rows_cosine("f16 safetensors text", &b.0, &a.0, 0.999);
+}

@@ -444,3 +444,120 @@ fn probe_cuts_captions_with_the_family_tokenizer() {
     assert_eq!(probe["models"][0]["timings"]["texts_encoded"], 0, "{probe}");
     assert_eq!(probe["models"][0]["timings"]["texts_cached"], 4, "{probe}");
 }
+
+// ---------------------------------------------------------------------------
+// convert keeps the family (GOAL) and both text paths (FG-CLIP)
+
+/// Text features of the official ids on `path` and image features of the
+/// official pixels, as `ckpt` computes them.
+fn features_of(ckpt: &Checkpoint, path: TextPath, ids_key: &str, pixels_key: &str) -> (Tensor, Tensor) {
+    let exp = frontier_expected();
+    let m = model(ckpt, Some(path));
+    let ids: Vec<Vec<u32>> = official_ids(&exp, ids_key).iter().map(|r| unpadded(r)).collect();
+    (m.text.encode(&ids).unwrap(), m.vision.encode(&exp[pixels_key]).unwrap())
+}
+
+fn read_config(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_converted_goal_stays_goal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let original = goal();
+    let (text, image) = features_of(&original, TextPath::Long, "ids.hf_248", "goal.pixel_values");
+    let pth = frontier("goal-tiny/goal-tiny.pth");
+    for out in [tmp.path().join("goal-hf"), tmp.path().join("goal.safetensors")] {
+        let written = ok(&["convert", "--model", s(&pth), "--out", s(&out)]);
+        assert!(String::from_utf8_lossy(&written.stderr).contains("GOAL"), "{}", String::from_utf8_lossy(&written.stderr));
+        let back = checkpoint::load(&out).unwrap();
+        assert_eq!(back.config.family, Family::Goal, "{}", out.display());
+        assert_eq!(back.config, original.config, "{}", out.display());
+        assert_eq!(back.fingerprint().unwrap(), original.fingerprint().unwrap(), "{}", out.display());
+        let (t, i) = features_of(&back, TextPath::Long, "ids.hf_248", "goal.pixel_values");
+        let d = max_abs_diff(&t, &text).max(max_abs_diff(&i, &image));
+        assert!(d <= 1e-6, "{}: features moved by {d}", out.display());
+        let info: serde_json::Value = serde_json::from_slice(&ok(&["info", "--model", s(&out), "--json"]).stdout).unwrap();
+        assert_eq!(info["family"], "goal", "{}", out.display());
+        let text = String::from_utf8_lossy(&ok(&["info", "--model", s(&out)]).stdout).into_owned();
+        assert!(text.contains("family      GOAL"), "{text}");
+    }
+    assert_eq!(read_config(&tmp.path().join("goal-hf"))["longclip_family"], "goal");
+    // The record is what tells a GOAL export from a Long-CLIP port: without it, Long-CLIP.
+    let dir = tmp.path().join("goal-hf");
+    let mut config = read_config(&dir);
+    config.as_object_mut().unwrap().remove("longclip_family");
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    assert_eq!(checkpoint::load(&dir).unwrap().config.family, Family::LongClip);
+}
+
+#[test]
+fn a_converted_fgclip_keeps_both_text_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let original = fgclip();
+    let paths = [(TextPath::Long, "ids.hf_248"), (TextPath::Short, "ids.hf_77")];
+    let want: Vec<(Tensor, Tensor)> = paths.iter().map(|(p, ids)| features_of(&original, *p, ids, "fgclip.pixel_values")).collect();
+    let src = frontier("fg-clip-tiny");
+    for out in [tmp.path().join("fg-hf"), tmp.path().join("fg.safetensors")] {
+        ok(&["convert", "--model", s(&src), "--out", s(&out)]);
+        let back = checkpoint::load(&out).unwrap();
+        assert_eq!(back.config.family, Family::FgClip, "{}", out.display());
+        assert_eq!(back.config, original.config, "{}", out.display());
+        assert_eq!(back.fingerprint().unwrap(), original.fingerprint().unwrap(), "{}", out.display());
+        for ((path, ids), (text, image)) in paths.iter().zip(&want) {
+            let (t, i) = features_of(&back, *path, ids, "fgclip.pixel_values");
+            let d = max_abs_diff(&t, text).max(max_abs_diff(&i, image));
+            assert!(d <= 1e-6, "{} --text-path {path}: features moved by {d}", out.display());
+        }
+    }
+    // The directory has FG-CLIP's own keys, shapes and values: those of the
+    // fixture that FGCLIPModel.save_pretrained wrote.
+    let dir = tmp.path().join("fg-hf");
+    let ours = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let official = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut a: Vec<&String> = ours.keys().collect();
+    let mut b: Vec<&String> = official.keys().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the converted keys are FGCLIPModel's");
+    for (key, t) in &official {
+        assert_eq!(ours[key].dims(), t.dims(), "{key}");
+        assert_eq!(max_abs_diff(&ours[key], t), 0.0, "{key}");
+    }
+    let config = read_config(&dir);
+    assert_eq!(config["longclip_family"], "fg_clip");
+    assert_eq!(config["architectures"][0], "FGCLIPModel");
+    assert_eq!(config["text_config"]["max_position_embeddings"], 77, "FG-CLIP's config keeps 77; its 248 are in code");
+    // And embed takes both paths on the converted files.
+    let texts = tmp.path().join("captions.json");
+    std::fs::write(&texts, serde_json::to_string(&captions()).unwrap()).unwrap();
+    let exp = frontier_expected();
+    for model_path in [dir.clone(), tmp.path().join("fg.safetensors")] {
+        for (path, key) in [("long", "fgclip.text_features_long"), ("short", "fgclip.text_features_short")] {
+            let npy = tmp.path().join(format!("{path}.npy"));
+            ok(&["embed", "--model", s(&model_path), "--texts", s(&texts), "--out", s(&npy), "--raw", "--text-path", path]);
+            assert_rows_cosine(&format!("converted embed --text-path {path}"), &Tensor::read_npy(&npy).unwrap(), &exp[key], MIN_COS);
+        }
+    }
+}
+
+#[test]
+fn a_recorded_family_that_the_tensors_cannot_be_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("fg-hf");
+    ok(&["convert", "--model", s(&frontier("fg-clip-tiny")), "--out", s(&hf)]);
+    for (value, needle) in [("\"goal\"", "records the GOAL family"), ("\"clip\"", "expected \"long_clip\", \"fg_clip\" or \"goal\"")] {
+        let mut config = read_config(&hf);
+        config["longclip_family"] = serde_json::from_str(value).unwrap();
+        std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
+        let err = fails(&["info", "--model", s(&hf)]);
+        assert!(err.contains(needle) && err.contains("config.json"), "{value}: {err}");
+    }
+    let goal_hf = tmp.path().join("goal-hf");
+    ok(&["convert", "--model", s(&frontier("goal-tiny/goal-tiny.pth")), "--out", s(&goal_hf)]);
+    let mut config = read_config(&goal_hf);
+    config["longclip_family"] = "fg_clip".into();
+    std::fs::write(goal_hf.join("config.json"), config.to_string()).unwrap();
+    let err = fails(&["info", "--model", s(&goal_hf)]);
+    assert!(err.contains("records the FG-CLIP family"), "{err}");
+}

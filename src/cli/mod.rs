@@ -74,15 +74,17 @@ enum Command {
         #[arg(long, default_value_t = stretch::RATIO)]
         ratio: usize,
     },
-    /// Write a Hugging Face CLIPModel directory (one merged position table; the Long-CLIP split in config.json's longclip_keep_positions).
+    /// Write a Hugging Face model directory (a CLIPModel with one merged position table, the Long-CLIP split in
+    /// config.json's longclip_keep_positions; FG-CLIP keeps both text paths under its own keys), or our safetensors
+    /// when --out ends in .safetensors. Both record the model family (config.json's longclip_family).
     Convert {
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// Storage type of the written tensors: f32, f16 or bf16.
-        #[arg(long, default_value = "f32")]
-        dtype: String,
+        /// Storage type of the written tensors: f32, f16 or bf16 (default: f32 for a directory, as stored for .safetensors).
+        #[arg(long)]
+        dtype: Option<String>,
     },
     /// What was detected in a checkpoint: format, towers, widths, layers, positions, dtypes.
     Info {
@@ -179,9 +181,14 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Convert { model, out, dtype } => {
+            let dtype = dtype.as_deref().map(parse_dtype).transpose()?;
             let ckpt = checkpoint::load(&model)?;
-            export::write_hf_dir(&ckpt, &out, parse_dtype(&dtype)?)?;
-            eprintln!("wrote {} (Hugging Face CLIPModel, {} positions)", crate::term::path(&out), ckpt.config.text.context_length);
+            let what = match export::convert(&ckpt, &out, dtype)? {
+                export::Converted::Safetensors => "safetensors",
+                export::Converted::HfDir => "Hugging Face model directory",
+            };
+            let c = &ckpt.config;
+            eprintln!("wrote {} ({what}, {}, {} positions)", crate::term::path(&out), c.family, c.text.context_length);
             Ok(())
         }
         Command::Info { model, json } => info(&checkpoint::load(&model)?, json),

@@ -44,6 +44,9 @@ pub const SHORT_POSITIONS_NAME: &str = "positional_embedding_short";
 pub const SHORT_PROJECTION_NAME: &str = "text_projection_short";
 /// Rows of the short table (CLIP's context).
 pub const SHORT_POSITIONS: usize = 77;
+/// Logit scales only FG-CLIP's training losses use; kept so that a converted
+/// file still loads in `FGCLIPModel` with `strict=True`.
+pub const TRAINING_LOGIT_SCALES: [&str; 2] = ["logit_scale_finegraind", "logit_scale_hardneg"];
 
 pub struct FgClipRules;
 
@@ -84,6 +87,27 @@ impl Rules for FgClipRules {
                 projection: SHORT_PROJECTION_NAME,
             },
         })
+    }
+
+    /// Both paths under FG-CLIP's own names, so `FGCLIPModel` loads the export.
+    fn hf_text_tensors(&self, ckpt: &Checkpoint) -> Result<Vec<(String, Tensor)>> {
+        let transposed = |key: &str| -> Result<Tensor> { Ok(ckpt.get(key)?.t()?.contiguous()?) };
+        Ok(vec![
+            (SHORT_POSITION_KEY.into(), ckpt.get(SHORT_POSITIONS_NAME)?.clone()),
+            (SHORT_PROJECTION_KEY.into(), transposed(SHORT_PROJECTION_NAME)?),
+            (ORI_KEY.into(), ckpt.get("positional_embedding")?.clone()),
+            (RES_KEY.into(), ckpt.get(super::longclip::RES_KEY)?.clone()),
+            (FILIP_KEY.into(), transposed("text_projection")?),
+        ])
+    }
+
+    /// FG-CLIP's config keeps CLIP's 77 (the short table); ori/res are 248 in code.
+    fn hf_model(&self, _config: &Config) -> (&'static str, usize) {
+        ("FGCLIPModel", SHORT_POSITIONS)
+    }
+
+    fn carried_keys(&self) -> &'static [&'static str] {
+        &TRAINING_LOGIT_SCALES
     }
 
     fn extra_shapes(&self, c: &Config) -> Vec<(String, Vec<usize>)> {

@@ -110,6 +110,26 @@ pub trait Rules: Sync {
     fn pooling(&self) -> Pooling {
         Pooling::FirstEot
     }
+    /// The text position tables and projections of a Hugging Face export,
+    /// under the names the family's own code loads (the inverse of
+    /// [`prepare`] and the common HF renames): one merged table and
+    /// `text_projection` [E, W] unless the family has keys of its own.
+    fn hf_text_tensors(&self, ckpt: &Checkpoint) -> Result<Vec<(String, Tensor)>> {
+        Ok(vec![
+            (goal::POSITION_KEY.to_string(), ckpt.text_positions()?),
+            ("text_projection.weight".to_string(), ckpt.get("text_projection")?.t()?.contiguous()?),
+        ])
+    }
+    /// `architectures[0]` and the text `max_position_embeddings` of an HF
+    /// export's config.json (FG-CLIP's says 77: its 248 rows are hard-coded).
+    fn hf_model(&self, config: &Config) -> (&'static str, usize) {
+        ("CLIPModel", config.text.context_length)
+    }
+    /// Tensors the model does not read that a loaded checkpoint still keeps,
+    /// so a converted file is complete (FG-CLIP's training-only logit scales).
+    fn carried_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 impl Family {
@@ -210,6 +230,32 @@ pub fn detect(raw: &HashMap<String, Tensor>, storage: Storage, path: &Path) -> R
     Ok(Family::LongClip)
 }
 
+/// The family of a state dict when its file names one (`longclip_family` in
+/// an HF directory's config.json, written by `convert`): GOAL's tensors are
+/// those of a Long-CLIP HF port, so only the record tells them apart.
+///
+/// Errors, naming the file: a recorded family the tensors cannot be (an
+/// FG-CLIP record without FG-CLIP's keys, or the reverse; GOAL without an HF
+/// text table of more than 77 rows).
+pub fn resolve(raw: &HashMap<String, Tensor>, storage: Storage, path: &Path, recorded: Option<Family>) -> Result<Family> {
+    let detected = detect(raw, storage, path)?;
+    let Some(recorded) = recorded else {
+        return Ok(detected);
+    };
+    let fits = match recorded {
+        Family::FgClip => detected == Family::FgClip,
+        Family::Goal => detected != Family::FgClip && goal::is_goal(raw),
+        Family::LongClip => detected != Family::FgClip,
+    };
+    if !fits {
+        bail!(
+            "{}: its config.json records the {recorded} family, but the tensors are not a {recorded} checkpoint (they read as {detected})",
+            path.display()
+        );
+    }
+    Ok(recorded)
+}
+
 /// The family's renames of its own keys to the official names the model
 /// reads, before the common HF renames (only FG-CLIP has any).
 pub fn prepare(family: Family, raw: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
@@ -249,6 +295,22 @@ mod tests {
         let raw = keys(&["text_model.embeddings.position_embedding.weight", "positional_embedding_res"]);
         let err = detect(&raw, Storage::Official, Path::new("m")).unwrap_err().to_string();
         assert!(err.contains("text_model.embeddings.position_embedding.weight"), "{err}");
+    }
+
+    #[test]
+    fn a_recorded_family_must_fit_the_tensors() {
+        let table = |rows: usize| -> HashMap<String, Tensor> {
+            let t = Tensor::zeros((rows, 2), DType::F32, &Device::Cpu).unwrap();
+            [(goal::POSITION_KEY.to_string(), t)].into_iter().collect()
+        };
+        let m = Path::new("m");
+        assert_eq!(resolve(&table(248), Storage::HfFiles, m, None).unwrap(), Family::LongClip, "a port");
+        assert_eq!(resolve(&table(248), Storage::HfFiles, m, Some(Family::Goal)).unwrap(), Family::Goal);
+        assert_eq!(resolve(&table(248), Storage::HfFiles, m, Some(Family::LongClip)).unwrap(), Family::LongClip);
+        let err = resolve(&table(77), Storage::HfFiles, m, Some(Family::Goal)).unwrap_err().to_string();
+        assert!(err.contains("records the GOAL family"), "{err}");
+        let err = resolve(&table(248), Storage::HfFiles, m, Some(Family::FgClip)).unwrap_err().to_string();
+        assert!(err.contains("records the FG-CLIP family"), "{err}");
     }
 
     #[test]
