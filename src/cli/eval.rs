@@ -359,7 +359,7 @@ pub fn classify(args: ClassifyArgs) -> Result<()> {
     }
     if let Some(p) = &args.json {
         export::write_atomic(p, serde_json::to_string_pretty(&json!({"model": m.info.path.display().to_string(), "templates": args.templates, "results": results}))?.as_bytes())?;
-        eprintln!("wrote {}", crate::term::path(&p));
+        eprintln!("wrote {}", crate::term::path(p));
     }
     Ok(())
 }

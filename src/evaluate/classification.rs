@@ -59,6 +59,9 @@ pub fn evaluate_classification(
     Ok(ClassificationReport { n_images: labels.len(), n_classes: set.classes.len(), accuracy: metrics::accuracy(&ranks), skipped })
 }
 
+/// Indices of images that could not be read, with the reason.
+pub type Failed = Vec<(usize, String)>;
+
 /// One image's best labels, most probable first.
 #[derive(Clone, Debug, Serialize)]
 pub struct ImageLabels {
@@ -83,7 +86,7 @@ pub fn classify_images(
     labels: &[String],
     templates: &[String],
     top: usize,
-) -> Result<(Vec<ImageLabels>, Vec<(usize, String)>)> {
+) -> Result<(Vec<ImageLabels>, Failed)> {
     let classes = class_embeddings(enc, labels, templates, enc.context_length())?;
     let refs: Vec<crate::datasets::ImageRef> = images.iter().cloned().map(crate::datasets::ImageRef::File).collect();
     let out = enc.embed_images(&refs)?;

@@ -24,8 +24,11 @@ fn score(s: &RetrievalScores, k: &str) -> Option<f64> {
     s.named().iter().find(|(n, _)| *n == k).map(|(_, v)| *v)
 }
 
+/// A metric's value by name ("t2i_r1"), None where not given.
+type Getter<'a> = Box<dyn Fn(&str) -> Option<f64> + 'a>;
+
 /// Rows of (name, metric getter) as the T2I-then-I2T recall table.
-fn recall_rows(rows: &[(String, Box<dyn Fn(&str) -> Option<f64> + '_>)]) -> String {
+fn recall_rows(rows: &[(String, Getter)]) -> String {
     let w = rows.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(4).max(4);
     let mut s = format!("{:w$}  {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}\n", "", "T2I R@1", "R@5", "R@10", "I2T R@1", "R@5", "R@10");
     for (name, get) in rows {
@@ -43,7 +46,7 @@ fn paper_name(p: &Published) -> String {
 
 /// Ours and the published rows, T2I then I2T (one model).
 pub fn recall_table(ours: &RetrievalScores, paper: &[Published]) -> String {
-    let mut rows: Vec<(String, Box<dyn Fn(&str) -> Option<f64>>)> = vec![("ours".into(), Box::new(move |k| score(ours, k)))];
+    let mut rows: Vec<(String, Getter)> = vec![("ours".into(), Box::new(move |k| score(ours, k)))];
     for p in paper {
         rows.push((paper_name(p), Box::new(move |k| p.get(k))));
     }
@@ -63,7 +66,7 @@ fn distinct_paper<'a>(papers: impl Iterator<Item = &'a [Published]>) -> Vec<&'a 
 
 /// A row per model, then the published rows ("paper: …").
 pub fn multi_recall_table(models: &[ModelRetrieval]) -> String {
-    let mut rows: Vec<(String, Box<dyn Fn(&str) -> Option<f64>>)> = Vec::new();
+    let mut rows: Vec<(String, Getter)> = Vec::new();
     for m in models {
         rows.push((term::escape_for_terminal(&m.model.label).into_owned(), Box::new(move |k| score(&m.report.scores, k))));
     }
