@@ -1,6 +1,6 @@
 //! Running evaluations: a dataset's images and captions through the model
 //! (with the embedding cache), then retrieval R@K ([`retrieval`]), the
-//! effective-length probe ([`probe`]) or zero-shot classification
+//! effective-length probe ([`probe`](mod@probe)) or zero-shot classification
 //! ([`classification`]); [`run`] runs them for one or several models from
 //! checkpoint paths and [`report`] / [`tables`] turn the results into JSON,
 //! CSV, records, text tables and charts.
