@@ -6,7 +6,8 @@
 //! encoders, [`embed`] batches whole inputs through them, [`stretch`] and
 //! [`export`] make and write new checkpoints, and [`cli`] is the command line.
 //! Evaluation: [`datasets`] reads benchmark layouts, [`evaluate`] embeds them
-//! (with [`cache`]) and scores them with [`metrics`], [`reference`] holds the
+//! (with [`cache`]), scores them with [`metrics`] and runs whole evaluations
+//! of one or several models with their reports, [`reference`] holds the
 //! published numbers and [`plot`] draws the length probe. Search: [`index`]
 //! stores embeddings (exact and HNSW), [`search`] queries them and [`serve`]
 //! is the HTTP API and page. Scale-out: [`inference`] writes

@@ -459,3 +459,108 @@ fn urban_tiny_reproduces_the_official_numbers() {
     assert!(failures.is_empty(), "more than 0.1 points from the official code:\n{}", failures.join("\n"));
     eprintln!("urban-tiny: every number within {worst:.3} points of the official code");
 }
+
+/// `eval --model A --model B --model C`: a row per model, the numbers each
+/// model gets alone, an entry per model in the JSON, CSV and records.
+#[test]
+fn eval_of_several_models_gives_each_the_numbers_it_gets_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("urban");
+    urban_set(&root, 8);
+    let cache = dir.path().join("cache");
+    let models = [model_path(), fixture("frontier/fg-clip-tiny"), fixture("frontier/goal-tiny/goal-tiny.pth")];
+    let data = ["--dataset", "urban1k", "--root", s(&root), "--embeddings-cache", s(&cache)];
+    let alone: Vec<Value> = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let json = dir.path().join(format!("alone{i}.json"));
+            ok(&[&["eval", "--model", s(m)][..], &data[..], &["--json", s(&json)][..]].concat());
+            read_json(&json)
+        })
+        .collect();
+    let (json, csv, record) = (dir.path().join("all.json"), dir.path().join("all.csv"), dir.path().join("results"));
+    let mut args = vec!["eval"];
+    for m in &models {
+        args.extend(["--model", s(m)]);
+    }
+    args.extend(data);
+    args.extend(["--json", s(&json), "--csv", s(&csv), "--record", s(&record)]);
+    let out = ok(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("urban1k (test): 8 images, 8 texts; 3 models"), "{stdout}");
+    let labels = ["tiny-longclip", "fg-clip-tiny", "goal-tiny"];
+    for (label, want) in labels.iter().zip(&alone) {
+        // One table row per model, with the numbers of its run alone.
+        let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&format!("{label} "))).collect();
+        assert_eq!(rows.len(), 1, "{label}: {stdout}");
+        let cells: Vec<f64> = rows[0].split_whitespace().skip(1).map(|c| c.parse().unwrap()).collect();
+        let s = scores_of(want);
+        let two = |v: f64| (v * 100.0).round() / 100.0;
+        assert_eq!(cells, [s.t2i_r1, s.t2i_r5, s.t2i_r10, s.i2t_r1, s.i2t_r5, s.i2t_r10].map(two), "{label}: {stdout}");
+    }
+    let all = read_json(&json);
+    assert_eq!((all["dataset"].as_str(), all["split"].as_str()), (Some("urban1k"), Some("test")));
+    let entries = all["models"].as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    for ((entry, want), label) in entries.iter().zip(&alone).zip(labels) {
+        assert_eq!(entry["label"], label);
+        assert_eq!(scores_of(entry), scores_of(want));
+        for key in ["model", "fingerprint", "context_length", "n_images", "n_texts", "family", "text_path"] {
+            assert_eq!(entry[key], want[key], "{label}: {key}");
+        }
+        // The second time, every embedding came from the cache.
+        assert_eq!(entry["timings"]["images_encoded"], 0, "{label}");
+    }
+    assert_eq!((entries[1]["family"].as_str(), entries[2]["family"].as_str()), (Some("FG-CLIP"), Some("GOAL")));
+    assert_eq!(entries[0]["context_length"], 248);
+    let csv_text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv_text.lines().count(), 4, "{csv_text}");
+    assert!(csv_text.starts_with("label,dataset,"), "{csv_text}");
+    let records = std::fs::read_to_string(record.join("runs.jsonl")).unwrap();
+    let records: Vec<Value> = records.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[2]["result"]["label"], "goal-tiny");
+
+    // --paper-model once per model; a count that fits neither is refused.
+    let mut named = args[..7].to_vec();
+    named.extend(data);
+    named.extend(["--paper-model", "LongCLIP-B", "--paper-model", "none"]);
+    let err = fails(&named);
+    assert!(err.contains("once per --model"), "{err}");
+    named.extend(["--paper-model", "FG-CLIP-B"]);
+    let stdout = String::from_utf8_lossy(&ok(&named).stdout).into_owned();
+    assert!(stdout.contains("paper: LongCLIP-B (LoTLIP README)") && !stdout.contains("paper: FG-CLIP-B"), "{stdout}");
+}
+
+/// `probe` of several models: a table per model, then a row per model by length.
+#[test]
+fn probe_of_several_models_has_a_row_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("urban");
+    urban_set(&root, 5);
+    let json = dir.path().join("probe.json");
+    let svg = dir.path().join("probe.svg");
+    let (a, b) = (model_path(), fixture("frontier/goal-tiny/goal-tiny.pth"));
+    let out = ok(&[
+        "probe", "--model", s(&a), "--model", s(&b), "--dataset", "urban1k", "--root", s(&root), "--no-cache",
+        "--lengths", "5,248", "--json", s(&json), "--plot", s(&svg), "--paper-model", "LongCLIP-B",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let probe = read_json(&json);
+    let rows = probe["rows"].as_array().unwrap();
+    for (i, label) in ["tiny-longclip", "goal-tiny"].iter().enumerate() {
+        let line = stdout.lines().find(|l| l.starts_with(&format!("{label} "))).unwrap_or_else(|| panic!("{stdout}"));
+        let cells: Vec<f64> = line.split_whitespace().skip(1).map(|c| c.parse().unwrap()).collect();
+        let want: Vec<f64> = rows[2 * i..2 * i + 2].iter().map(|r| (r["t2i_r1"].as_f64().unwrap() * 100.0).round() / 100.0).collect();
+        assert_eq!(cells, want, "{stdout}");
+        assert_eq!(probe["models"][i]["label"], *label);
+    }
+    assert_eq!(probe["models"][1]["family"], "GOAL");
+    // Urban1k's published LongCLIP-B number stands at 248 (whole captions) only.
+    let paper = stdout.lines().find(|l| l.starts_with("paper: LongCLIP-B")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(paper.ends_with("      -   79.50"), "{paper}");
+    assert_eq!(probe["models"][0]["paper"][0]["values"]["t2i_r1"], 79.5);
+    // Two models: T2I and I2T each, and the ceiling.
+    assert_eq!(std::fs::read_to_string(&svg).unwrap().matches("<polyline").count(), 5);
+}

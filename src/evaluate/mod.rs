@@ -1,30 +1,42 @@
 //! Running evaluations: a dataset's images and captions through the model
-//! (with the embedding cache), then retrieval R@K, the effective-length
-//! probe, or zero-shot classification.
+//! (with the embedding cache), then retrieval R@K ([`retrieval`]), the
+//! effective-length probe ([`probe`](mod@probe)) or zero-shot classification
+//! ([`classification`]); [`run`] runs them for one or several models from
+//! checkpoint paths and [`report`] / [`tables`] turn the results into JSON,
+//! CSV, records, text tables and charts.
 //!
 //! Images go through the official transform without EXIF rotation, because
 //! the official scripts feed `Image.open(path)` straight to `preprocess`.
 //! Captions are tokenized as the official `tokenize(..., truncate=True)` and
 //! fed unpadded (exact: the text mask is causal and pooling is at EOT).
 
+pub mod classification;
+pub mod probe;
+pub mod report;
+pub mod retrieval;
+pub mod run;
+pub mod tables;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cache::{self, FeatureCache, Key};
-use crate::datasets::classes::ClassificationSet;
 use crate::datasets::{Dataset, ImageRef, OnMissing};
-use crate::metrics::{self, Accuracy, RetrievalScores};
 use crate::model::{l2_normalize, LongClip};
 use crate::preprocess::Transform;
-use crate::tokenizer::{truncate_words, Tokenizer};
+use crate::tokenizer::Tokenizer;
+
+pub use classification::{class_embeddings, evaluate_classification, ClassificationReport};
+pub use probe::{probe, probe_rows, reader_ceiling, truncated_ids, truncated_ids_with, ProbeRow, ReaderCeiling, TokenizeFn, Unit};
+pub use retrieval::{evaluate_retrieval, RetrievalReport};
 
 /// Names the image preprocessing in cache entries: change it whenever the
 /// pixels it produces change (v2: JPEGs through libjpeg-turbo; no EXIF).
@@ -341,232 +353,4 @@ pub fn tokenize(texts: &[String], context_length: usize) -> Result<(Vec<Vec<u32>
     let encodings = Tokenizer::global().encode_batch(texts, context_length)?;
     let truncated = encodings.iter().filter(|e| e.truncated).count();
     Ok((encodings.into_iter().map(|e| e.ids).collect(), truncated))
-}
-
-/// What `eval` reports for a retrieval set.
-#[derive(Clone, Debug, Serialize)]
-pub struct RetrievalReport {
-    pub n_images: usize,
-    pub n_texts: usize,
-    pub scores: RetrievalScores,
-    /// The lowest and highest numbers another order of exact ties would give.
-    pub tie_range: Option<(RetrievalScores, RetrievalScores)>,
-    /// Captions longer than the context, cut to it.
-    pub truncated: usize,
-    pub skipped: Vec<(PathBuf, String)>,
-}
-
-pub fn evaluate_retrieval(enc: &mut Encoder, data: &Dataset, on_missing: OnMissing, context_length: usize) -> Result<RetrievalReport> {
-    let images = embed_dataset_images(enc, data, on_missing)?;
-    let (ids, truncated) = enc.tokenize(&images.data.texts(), context_length)?;
-    let texts = enc.embed_ids(&ids)?;
-    let t = Instant::now();
-    let ranks = metrics::retrieval_ranks(&images.features, &texts, &images.data.text_image())?;
-    enc.timings.search += t.elapsed().as_secs_f64();
-    Ok(RetrievalReport {
-        n_images: images.data.images.len(),
-        n_texts: ids.len(),
-        scores: ranks.scores(),
-        tie_range: ranks.tie_range(),
-        truncated,
-        skipped: images.skipped,
-    })
-}
-
-/// How the probe cuts captions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Unit {
-    /// `tokenize(caption, context_length=N, truncate=True)`: N tokens with SOT and EOT.
-    Tokens,
-    /// `" ".join(caption.split(" ")[:N])`, then the model's full context.
-    Words,
-}
-
-/// Turns texts into token ids at a context length (a family's tokenizer).
-pub type TokenizeFn<'f> = &'f dyn Fn(&[String], usize) -> Result<Vec<Vec<u32>>>;
-
-/// Long-CLIP's token ids of every text cut to `length` units.
-pub fn truncated_ids(texts: &[String], length: usize, unit: Unit, context_length: usize) -> Result<Vec<Vec<u32>>> {
-    truncated_ids_with(texts, length, unit, context_length, &|t, c| Ok(tokenize(t, c)?.0))
-}
-
-/// Token ids of every text cut to `length` units by `tokenize` (which must
-/// truncate as `tokenize(..., truncate=True)`: the first ids, EOT last).
-pub fn truncated_ids_with(texts: &[String], length: usize, unit: Unit, context_length: usize, tokenize: TokenizeFn) -> Result<Vec<Vec<u32>>> {
-    match unit {
-        Unit::Tokens => {
-            ensure!(length >= 2, "a token length must be at least 2 (SOT and EOT), got {length}");
-            tokenize(texts, length.min(context_length))
-        }
-        Unit::Words => {
-            let cut: Vec<String> = texts.iter().map(|t| truncate_words(t, length)).collect();
-            tokenize(&cut, context_length)
-        }
-    }
-}
-
-/// One probe length.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ProbeRow {
-    pub length: usize,
-    #[serde(flatten)]
-    pub scores: RetrievalScores,
-    /// The lowest and highest numbers another order of exact ties would give.
-    #[serde(skip)]
-    pub tie_range: Option<(RetrievalScores, RetrievalScores)>,
-    /// What a perfect reader of the cut captions could reach.
-    #[serde(flatten)]
-    pub ceiling: ReaderCeiling,
-}
-
-/// The T2I R@1/5/10 (percent) that a perfect reader of the cut captions
-/// could reach: a cut caption whose ids equal the cut ids of captions of m
-/// different images cannot tell those m images apart, so the best any model
-/// can expect is min(K, m) / m for it (the true image placed uniformly
-/// among the m). With whole, distinct captions it is 100. T2I only: for
-/// I2T with several captions an image, "perfect" is not one number.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct ReaderCeiling {
-    #[serde(rename = "ceiling_t2i_r1")]
-    pub t2i_r1: f64,
-    #[serde(rename = "ceiling_t2i_r5")]
-    pub t2i_r5: f64,
-    #[serde(rename = "ceiling_t2i_r10")]
-    pub t2i_r10: f64,
-}
-
-/// [`ReaderCeiling`] of the cut captions `ids` (one row a text, SOT..EOT)
-/// whose images are `text_image`.
-pub fn reader_ceiling(ids: &[Vec<u32>], text_image: &[usize]) -> ReaderCeiling {
-    let mut images_of: HashMap<&[u32], std::collections::BTreeSet<usize>> = HashMap::new();
-    for (t, &image) in ids.iter().zip(text_image) {
-        images_of.entry(t.as_slice()).or_default().insert(image);
-    }
-    let mut sums = [0.0f64; 3];
-    for t in ids {
-        let m = images_of[t.as_slice()].len() as f64;
-        for (sum, k) in sums.iter_mut().zip([1.0f64, 5.0, 10.0]) {
-            *sum += k.min(m) / m;
-        }
-    }
-    // Rounded to 1e-9: a sum of many 1/m carries float noise (85.99999999999999).
-    let percent = |sum: f64| (1e11 * sum / ids.len().max(1) as f64).round() / 1e9;
-    ReaderCeiling { t2i_r1: percent(sums[0]), t2i_r5: percent(sums[1]), t2i_r10: percent(sums[2]) }
-}
-
-/// R@K at each length: `encode` turns token ids into normalized features.
-pub fn probe_rows(
-    texts: &[String],
-    text_image: &[usize],
-    image_features: &Tensor,
-    lengths: &[usize],
-    unit: Unit,
-    context_length: usize,
-    encode: &mut dyn FnMut(&[Vec<u32>]) -> Result<Tensor>,
-) -> Result<Vec<ProbeRow>> {
-    let long_clip = |t: &[String], c: usize| Ok(tokenize(t, c)?.0);
-    Ok(probe_rows_timed(texts, text_image, image_features, lengths, unit, context_length, &long_clip, encode)?.0)
-}
-
-/// `probe_rows`, and the seconds spent ranking.
-fn probe_rows_timed(
-    texts: &[String],
-    text_image: &[usize],
-    image_features: &Tensor,
-    lengths: &[usize],
-    unit: Unit,
-    context_length: usize,
-    tokenize: TokenizeFn,
-    encode: &mut dyn FnMut(&[Vec<u32>]) -> Result<Tensor>,
-) -> Result<(Vec<ProbeRow>, f64)> {
-    let mut rows = Vec::with_capacity(lengths.len());
-    let mut search = 0.0;
-    for &length in lengths {
-        let ids = truncated_ids_with(texts, length, unit, context_length, tokenize)?;
-        let features = encode(&ids)?;
-        let t = Instant::now();
-        let ranks = metrics::retrieval_ranks(image_features, &features, text_image)?;
-        search += t.elapsed().as_secs_f64();
-        let ceiling = reader_ceiling(&ids, text_image);
-        rows.push(ProbeRow { length, scores: ranks.scores(), tie_range: ranks.tie_range(), ceiling });
-    }
-    Ok((rows, search))
-}
-
-/// The probe for one model on a dataset; also returns the images used.
-pub fn probe(
-    enc: &mut Encoder,
-    data: &Dataset,
-    lengths: &[usize],
-    unit: Unit,
-    on_missing: OnMissing,
-) -> Result<(Vec<ProbeRow>, EmbeddedImages)> {
-    let images = embed_dataset_images(enc, data, on_missing)?;
-    let texts = images.data.texts();
-    let text_image = images.data.text_image();
-    let context = enc.context_length();
-    // The model's family cuts its captions (FG-CLIP and GOAL: HF's tokenizer).
-    let model = enc.model;
-    let family_tokenize = |t: &[String], c: usize| -> Result<Vec<Vec<u32>>> {
-        Ok(model.tokenize(t, c)?.into_iter().map(|e| e.ids).collect())
-    };
-    let (rows, search) = probe_rows_timed(
-        &texts,
-        &text_image,
-        &images.features,
-        lengths,
-        unit,
-        context,
-        &family_tokenize,
-        &mut |ids| enc.embed_ids(ids),
-    )?;
-    enc.timings.search += search;
-    Ok((rows, images))
-}
-
-/// Zero-shot class embeddings: each class's prompts embedded, normalized,
-/// averaged and normalized again (the official `zeroshot_classifier`).
-pub fn class_embeddings(enc: &mut Encoder, classes: &[String], templates: &[String], context_length: usize) -> Result<Tensor> {
-    ensure!(!classes.is_empty(), "no class names");
-    ensure!(!templates.is_empty(), "no prompt templates");
-    for t in templates {
-        ensure!(t.contains("{}"), "template '{t}' has no {{}} for the class name");
-    }
-    let prompts: Vec<String> = classes.iter().flat_map(|c| templates.iter().map(move |t| t.replacen("{}", c, 1))).collect();
-    let (ids, _) = enc.tokenize(&prompts, context_length)?;
-    let features = enc.embed_ids(&ids)?;
-    let dim = features.dim(1)?;
-    let mean = features.reshape((classes.len(), templates.len(), dim))?.mean(1)?;
-    l2_normalize(&mean)
-}
-
-/// What `eval` reports for a classification set.
-#[derive(Clone, Debug, Serialize)]
-pub struct ClassificationReport {
-    pub n_images: usize,
-    pub n_classes: usize,
-    pub accuracy: Accuracy,
-    pub skipped: Vec<(String, String)>,
-}
-
-pub fn evaluate_classification(
-    enc: &mut Encoder,
-    set: &ClassificationSet,
-    templates: &[String],
-    on_missing: OnMissing,
-    context_length: usize,
-) -> Result<ClassificationReport> {
-    let classes = class_embeddings(enc, &set.classes, templates, context_length)?;
-    let out = enc.embed_images(&set.images)?;
-    let skipped: Vec<(String, String)> = out.failed.iter().map(|(i, why)| (set.images[*i].name(), why.clone())).collect();
-    if on_missing == OnMissing::Fail && !skipped.is_empty() {
-        let list: Vec<String> = skipped.iter().take(10).map(|(n, w)| format!("  {}: {}", crate::term::escape_for_terminal(n), crate::term::escape_for_terminal(w))).collect();
-        bail!("{} images are unreadable:\n{}\n(use --on-missing skip to evaluate without them)", skipped.len(), list.join("\n"));
-    }
-    let labels: Vec<usize> = out.kept.iter().map(|&i| set.labels[i]).collect();
-    let t = Instant::now();
-    let ranks = metrics::classification_ranks(&out.features, &classes, &labels)?;
-    enc.timings.search += t.elapsed().as_secs_f64();
-    Ok(ClassificationReport { n_images: labels.len(), n_classes: set.classes.len(), accuracy: metrics::accuracy(&ranks), skipped })
 }
