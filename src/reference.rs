@@ -226,7 +226,7 @@ mod tests {
         assert_eq!((s[0].get("i2t_r1"), s[0].get("t2i_r1"), s[0].text_path), (Some(97.4), Some(96.8), Some(TextPath::Long)));
         assert_eq!(retrieval("FG-CLIP-B", "dci", "fgclip")[0].get("t2i_r1"), Some(60.6));
         assert_eq!(retrieval("LoTLIP ViT-B/16", "dci", "lotlip")[0].get("i2t_r1"), Some(64.1));
-        assert_eq!(retrieval("LoTLIP ViT-B/16", "iiw", "test")[0].get("t2i_r1"), Some(92.7));
+        assert_eq!(retrieval("LoTLIP ViT-B/16", "iiw", "lotlip")[0].get("t2i_r1"), Some(92.7));
         assert_eq!(retrieval("LoTLIP ViT-B/16", "sharegpt4v", "10k")[0].get("t2i_r1"), Some(82.7));
         assert_eq!(retrieval("TULIP ViT-L/14", "urban1k", "test")[0].get("i2t_r1"), Some(90.1));
         assert!(retrieval("TULIP ViT-L/14", "coco", "val2017").is_empty());
