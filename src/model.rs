@@ -11,6 +11,8 @@ use candle_nn::{Embedding, LayerNorm, Linear};
 
 use crate::checkpoint::{Activation, Checkpoint, Config};
 use crate::family::{Family, TextPath};
+use crate::kernels::attention::{attention, AttentionShape};
+use crate::kernels::{elementwise, with_f32, Isa, Kernels};
 use crate::preprocess::Transform;
 use crate::tokenizer::Encoding;
 
@@ -26,6 +28,8 @@ struct Loader<'a> {
     dtype: DType,
     /// Use ops candle can differentiate instead of its fused kernels.
     differentiable: bool,
+    /// Our fused CPU kernels or candle's ops (inference on CPU only).
+    kernels: Kernels,
 }
 
 impl Loader<'_> {
@@ -50,7 +54,11 @@ impl Loader<'_> {
     fn layer_norm(&self, prefix: &str) -> Result<Norm> {
         let w = self.ckpt.get(&format!("{prefix}.weight"))?.to_dtype(DType::F32)?.to_device(self.device)?;
         let b = self.ckpt.get(&format!("{prefix}.bias"))?.to_dtype(DType::F32)?.to_device(self.device)?;
-        Ok(Norm { inner: LayerNorm::new(w, b, LN_EPS), differentiable: self.differentiable })
+        let host = match self.device {
+            Device::Cpu if !self.differentiable => Some((w.flatten_all()?.to_vec1()?, b.flatten_all()?.to_vec1()?)),
+            _ => None,
+        };
+        Ok(Norm { inner: LayerNorm::new(w, b, LN_EPS), differentiable: self.differentiable, host, kernels: self.kernels })
     }
 }
 
@@ -61,10 +69,28 @@ impl Loader<'_> {
 struct Norm {
     inner: LayerNorm,
     differentiable: bool,
+    /// Weight and bias as plain f32 for the fused CPU kernels (CPU
+    /// inference only).
+    host: Option<(Vec<f32>, Vec<f32>)>,
+    kernels: Kernels,
 }
 
 impl Norm {
+    /// The weight and bias for our kernels, when they apply to `x`.
+    fn fused(&self, x: &Tensor) -> Option<(&[f32], &[f32])> {
+        match &self.host {
+            Some((w, b)) if self.kernels == Kernels::Fused && is_cpu_f32(x) => Some((w, b)),
+            _ => None,
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some((w, b)) = self.fused(x) {
+            let x = x.contiguous()?;
+            let mut out = vec![0f32; x.elem_count()];
+            with_f32(&x, |x| elementwise::layer_norm(Isa::detect(), x, w, b, LN_EPS as f32, &mut out))?;
+            return Ok(Tensor::from_vec(out, x.shape(), x.device())?);
+        }
         if !self.differentiable {
             return Ok(self.inner.forward(x)?);
         }
@@ -75,6 +101,44 @@ impl Norm {
         let bias = self.inner.bias().context("layer norm without bias")?;
         Ok(normed.broadcast_mul(self.inner.weight())?.broadcast_add(bias)?)
     }
+}
+
+impl Norm {
+    /// The residual add and this norm: `(x + delta, norm(x + delta))`, in one
+    /// pass with the fused kernels.
+    fn forward_residual(&self, x: &Tensor, delta: &Tensor) -> Result<(Tensor, Tensor)> {
+        let Some((w, b)) = self.fused(x) else {
+            let sum = (x + delta)?;
+            let normed = self.forward(&sum)?;
+            return Ok((sum, normed));
+        };
+        let (x, delta) = (x.contiguous()?, delta.contiguous()?);
+        let mut sum = vec![0f32; x.elem_count()];
+        let mut out = vec![0f32; x.elem_count()];
+        with_f32(&x, |x| {
+            with_f32(&delta, |d| {
+                elementwise::add_layer_norm(Isa::detect(), x, d, w, b, LN_EPS as f32, &mut sum, &mut out)
+            })
+        })??;
+        Ok((Tensor::from_vec(sum, x.shape(), x.device())?, Tensor::from_vec(out, x.shape(), x.device())?))
+    }
+}
+
+/// An f32 tensor on the CPU: what our kernels take.
+fn is_cpu_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// QuickGELU, `x * sigmoid(1.702 x)`, in one pass on CPU f32 with the fused
+/// kernels, else as candle ops.
+fn quick_gelu(h: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    if kernels == Kernels::Fused && is_cpu_f32(h) {
+        let h = h.contiguous()?;
+        let mut out = vec![0f32; h.elem_count()];
+        with_f32(&h, |x| elementwise::bias_quick_gelu(Isa::detect(), x, None, &mut out))?;
+        return Ok(Tensor::from_vec(out, h.shape(), h.device())?);
+    }
+    Ok((h * candle_nn::ops::sigmoid(&(h * 1.702)?)?)?)
 }
 
 fn layer_norm(ln: &Norm, x: &Tensor) -> Result<Tensor> {
@@ -126,6 +190,7 @@ struct Attention {
     scale: f64,
     dtype: DType,
     differentiable: bool,
+    kernels: Kernels,
 }
 
 impl Attention {
@@ -137,12 +202,24 @@ impl Attention {
             scale: 1.0 / ((width / heads) as f64).sqrt(),
             dtype: l.dtype,
             differentiable: l.differentiable,
+            kernels: l.kernels,
         })
     }
 
+    /// Self-attention of `x` [b, l, w]; `mask` is the text tower's causal
+    /// mask (the only mask either tower uses), added to the scores.
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, l, w) = x.dims3()?;
         let hd = w / self.heads;
+        let fused = self.kernels == Kernels::Fused && !self.differentiable && self.dtype == DType::F32;
+        if fused && is_cpu_f32(x) {
+            // The in_proj output [b, l, 3w] is [b, l, 3, heads, hd] as is.
+            let qkv = self.in_proj.forward(x)?.contiguous()?;
+            let shape = AttentionShape { batch: b, len: l, heads: self.heads, head_dim: hd };
+            let mut out = vec![0f32; b * l * w];
+            with_f32(&qkv, |qkv| attention(Isa::detect(), qkv, shape, self.scale as f32, mask.is_some(), &mut out))?;
+            return self.out_proj.forward(&Tensor::from_vec(out, (b, l, w), x.device())?);
+        }
         let qkv = self.in_proj.forward(x)?.reshape((b, l, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
         let q = (qkv.get(0)?.contiguous()? * self.scale)?;
         let k = qkv.get(1)?.contiguous()?;
@@ -166,6 +243,19 @@ struct Block {
     activation: Activation,
 }
 
+/// Switches every block's attention, norms and activation (and the given
+/// tower norms) between our fused kernels and candle's ops.
+fn set_kernels(blocks: &mut [Block], norms: &mut [&mut Norm], kernels: Kernels) {
+    for block in blocks {
+        block.attn.kernels = kernels;
+        block.ln_1.kernels = kernels;
+        block.ln_2.kernels = kernels;
+    }
+    for norm in norms {
+        norm.kernels = kernels;
+    }
+}
+
 impl Block {
     fn load(l: &Loader, p: &str, width: usize, heads: usize, activation: Activation) -> Result<Self> {
         Ok(Self {
@@ -179,10 +269,13 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&layer_norm(&self.ln_1, x)?, mask)?)?;
-        let h = self.c_fc.forward(&layer_norm(&self.ln_2, &x)?)?;
+        let attn = self.attn.forward(&layer_norm(&self.ln_1, x)?, mask)?;
+        let (x, normed) = self.ln_2.forward_residual(x, &attn)?;
+        let h = self.c_fc.forward(&normed)?;
         let h = match self.activation {
-            Activation::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
+            // Training keeps candle's ops (ours have no backward).
+            Activation::QuickGelu if self.attn.differentiable => quick_gelu(&h, Kernels::Candle)?,
+            Activation::QuickGelu => quick_gelu(&h, self.ln_2.kernels)?,
             Activation::Gelu => h.gelu_erf()?,
         };
         Ok((x + self.c_proj.forward(&h)?)?)
@@ -226,6 +319,11 @@ impl TextEncoder {
 
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+
+    /// Our fused CPU kernels or candle's ops for this tower's inference.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        set_kernels(&mut self.blocks, &mut [&mut self.ln_final], kernels);
     }
 
     /// The device the tower's weights live on (where `encode` runs).
@@ -311,6 +409,11 @@ impl VisionEncoder {
         self.image_size
     }
 
+    /// Our fused CPU kernels or candle's ops for this tower's inference.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        set_kernels(&mut self.blocks, &mut [&mut self.ln_pre, &mut self.ln_post], kernels);
+    }
+
     /// Encodes normalized pixels [N, 3, R, R] into unnormalized features [N, E].
     pub fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = pixels.dims4()?;
@@ -351,13 +454,21 @@ pub struct LongClip {
 impl LongClip {
     /// The model with its family's default text path (long).
     pub fn new(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Self> {
-        Self::build(Loader { ckpt, device, dtype, differentiable: false }, None)
+        Self::build(Loader { ckpt, device, dtype, differentiable: false, kernels: Kernels::from_env() }, None)
     }
 
     /// The model with text path `path` (None: the family's default).
     /// Errors: a path the family does not have (`short` is FG-CLIP's).
     pub fn with_text_path(ckpt: &Checkpoint, device: &Device, dtype: DType, path: Option<TextPath>) -> Result<Self> {
-        Self::build(Loader { ckpt, device, dtype, differentiable: false }, path)
+        Self::build(Loader { ckpt, device, dtype, differentiable: false, kernels: Kernels::from_env() }, path)
+    }
+
+    /// Our fused CPU kernels (the default unless `LONGCLIP_KERNELS=candle`)
+    /// or candle's ops, for both towers. Only CPU inference has fused
+    /// kernels; attention needs f32 (`--dtype bf16` keeps candle's there).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.text.set_kernels(kernels);
+        self.vision.set_kernels(kernels);
     }
 
     pub fn family(&self) -> Family {
@@ -379,7 +490,7 @@ impl LongClip {
     /// checkpoint whose tensors are `Var`s to get gradients for them, or
     /// detached copies to run the same arithmetic without a graph.
     pub fn trainable(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Self> {
-        Self::build(Loader { ckpt, device, dtype, differentiable: true }, None)
+        Self::build(Loader { ckpt, device, dtype, differentiable: true, kernels: Kernels::Candle }, None)
     }
 
     fn build(loader: Loader, path: Option<TextPath>) -> Result<Self> {

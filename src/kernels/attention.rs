@@ -1,0 +1,204 @@
+//! Fused multi-head self-attention for CPU inference:
+//! `softmax(q kᵀ * scale + mask) v` per (batch, head), in blocks of query
+//! rows, never materializing the [heads, L, L] scores of a whole batch.
+//!
+//! Reads q, k and v straight from the `in_proj` output laid out
+//! [batch, len, 3, heads, head_dim] (`nn.MultiheadAttention`'s packed
+//! projection) and writes [batch, len, heads * head_dim], the `out_proj`
+//! input, so no tensor is permuted or copied to a contiguous layout. Each
+//! (batch, head) packs its own kᵀ and v (L x head_dim, cache-resident) and
+//! runs on rayon. With the causal mask (the text tower) key blocks above the
+//! diagonal are skipped; the rest of the mask is applied as -inf before the
+//! softmax, as the official code adds `triu(-inf, 1)`.
+
+use rayon::prelude::*;
+
+use super::simd::{Isa, Simd, MAX_LANES};
+
+/// Query rows per block: 4 rows x 2 vectors of scores in registers.
+const ROWS: usize = 4;
+
+/// The shape of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    /// Tokens per sequence (L).
+    pub len: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// Model width, `heads * head_dim`.
+    pub fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// `out[b, i, h*hd..(h+1)*hd] = softmax_j(q_i · k_j * scale) v_j` for every
+/// batch `b`, token `i` and head `h`, with `j <= i` only when `causal`.
+///
+/// `qkv` is [batch, len, 3, heads, head_dim] (q, then k, then v for each
+/// token), `out` is [batch, len, heads * head_dim].
+/// Panics when the slice lengths do not match `shape`.
+pub fn attention(isa: Isa, qkv: &[f32], shape: AttentionShape, scale: f32, causal: bool, out: &mut [f32]) {
+    let AttentionShape { batch, len, heads, head_dim } = shape;
+    let tokens = batch * len;
+    assert_eq!(qkv.len(), tokens * 3 * shape.width(), "attention: qkv is not [{batch}, {len}, 3, {heads}, {head_dim}]");
+    assert_eq!(out.len(), tokens * shape.width(), "attention: out is not [{batch}, {len}, {}]", shape.width());
+    let out = OutPtr(out.as_mut_ptr());
+    (0..batch * heads).into_par_iter().for_each(|task| {
+        attention_task(isa, qkv, shape, scale, causal, task / heads, task % heads, out);
+    });
+}
+
+/// The output buffer shared by the (batch, head) tasks: each writes only
+/// its own head's columns of its own batch's rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (see `attention_head`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+simd_entry!(fn attention_task => attention_head(
+    qkv: &[f32], shape: AttentionShape, scale: f32, causal: bool, b: usize, h: usize, out: OutPtr));
+
+fn round_up(n: usize, m: usize) -> usize {
+    n.div_ceil(m) * m
+}
+
+/// One (batch, head): packs kᵀ [hd, lp] and v [len, hdp] (zero padded),
+/// then for each block of query rows: scores, softmax, · v.
+#[inline(always)]
+unsafe fn attention_head<S: Simd>(
+    qkv: &[f32],
+    shape: AttentionShape,
+    scale: f32,
+    causal: bool,
+    b: usize,
+    h: usize,
+    out: OutPtr,
+) {
+    let (l, hd, w) = (shape.len, shape.head_dim, shape.width());
+    // Scores are computed two vectors at a time; v rows a block of vectors.
+    let lp = round_up(l, 2 * MAX_LANES);
+    let hdp = round_up(hd, S::BLOCK_VECS * S::LANES);
+    let token = |t: usize, part: usize| (b * l + t) * 3 * w + part * w + h * hd;
+
+    let mut kt = vec![0f32; hd * lp];
+    let mut v = vec![0f32; l * hdp];
+    for t in 0..l {
+        for (d, k) in qkv[token(t, 1)..][..hd].iter().enumerate() {
+            kt[d * lp + t] = *k;
+        }
+        v[t * hdp..t * hdp + hd].copy_from_slice(&qkv[token(t, 2)..][..hd]);
+    }
+    let mut q = vec![0f32; ROWS * hd];
+    let mut scores = vec![0f32; ROWS * lp];
+    let mut acc = vec![0f32; ROWS * hdp];
+    for i0 in (0..l).step_by(ROWS) {
+        let rows = ROWS.min(l - i0);
+        // Rows past the end repeat the last one; their results are dropped.
+        for r in 0..ROWS {
+            let src = &qkv[token(i0 + r.min(rows - 1), 0)..][..hd];
+            for (qd, s) in q[r * hd..(r + 1) * hd].iter_mut().zip(src) {
+                *qd = s * scale;
+            }
+        }
+        // Keys this block attends to: all, or up to its last row.
+        let keys = if causal { (i0 + ROWS).min(l) } else { l };
+        let cols = round_up(keys, 2 * S::LANES);
+        scores_block::<S>(&q, hd, &kt, lp, cols, &mut scores);
+        for r in 0..ROWS {
+            let valid = if causal { (i0 + r + 1).min(l) } else { l };
+            let row = &mut scores[r * lp..r * lp + cols];
+            row[valid..].fill(f32::NEG_INFINITY);
+            softmax_row::<S>(row);
+        }
+        probs_times_v::<S>(&scores, lp, keys, &v, hdp, &mut acc);
+        for r in 0..rows {
+            // SAFETY: row i0 + r of batch b, head h's columns: this task's alone.
+            let dst = std::slice::from_raw_parts_mut(out.0.add((b * l + i0 + r) * w + h * hd), hd);
+            dst.copy_from_slice(&acc[r * hdp..r * hdp + hd]);
+        }
+    }
+}
+
+/// `scores[r, j] = q[r] · kt[:, j]` for 4 rows and `j < cols` (a multiple
+/// of two vectors): each kᵀ load feeds four FMAs.
+#[inline(always)]
+unsafe fn scores_block<S: Simd>(q: &[f32], hd: usize, kt: &[f32], lp: usize, cols: usize, scores: &mut [f32]) {
+    debug_assert!(cols <= lp && q.len() == ROWS * hd && kt.len() == hd * lp && scores.len() == ROWS * lp);
+    let (q, kt) = (q.as_ptr(), kt.as_ptr());
+    let mut j = 0;
+    while j < cols {
+        let mut acc = [[S::splat(0.0); 2]; ROWS];
+        for d in 0..hd {
+            let k0 = S::load(kt.add(d * lp + j));
+            let k1 = S::load(kt.add(d * lp + j + S::LANES));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let qr = S::splat(*q.add(r * hd + d));
+                a[0] = S::fma(qr, k0, a[0]);
+                a[1] = S::fma(qr, k1, a[1]);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            S::store(scores.as_mut_ptr().add(r * lp + j), a[0]);
+            S::store(scores.as_mut_ptr().add(r * lp + j + S::LANES), a[1]);
+        }
+        j += 2 * S::LANES;
+    }
+}
+
+/// Softmax of a row whose length is a multiple of the vector width
+/// (masked and padded entries are -inf and come out 0), as candle's
+/// `softmax_last_dim`: subtract the max, exponentiate, divide by the sum.
+#[inline(always)]
+unsafe fn softmax_row<S: Simd>(row: &mut [f32]) {
+    let p = row.as_mut_ptr();
+    let n = row.len();
+    let mut m = S::splat(f32::NEG_INFINITY);
+    for j in (0..n).step_by(S::LANES) {
+        m = S::max(m, S::load(p.add(j)));
+    }
+    let max = S::splat(S::reduce_max(m));
+    let mut sum = S::splat(0.0);
+    for j in (0..n).step_by(S::LANES) {
+        let e = S::exp(S::sub(S::load(p.add(j)), max));
+        S::store(p.add(j), e);
+        sum = S::add(sum, e);
+    }
+    let sum = S::splat(S::reduce_sum(sum));
+    for j in (0..n).step_by(S::LANES) {
+        S::store(p.add(j), S::div(S::load(p.add(j)), sum));
+    }
+}
+
+/// `acc[r] = sum_{j < keys} probs[r, j] v[j]` for 4 rows, `BLOCK_VECS`
+/// vectors of head dimensions at a time.
+#[inline(always)]
+unsafe fn probs_times_v<S: Simd>(probs: &[f32], lp: usize, keys: usize, v: &[f32], hdp: usize, acc: &mut [f32]) {
+    debug_assert!(probs.len() == ROWS * lp && v.len() >= keys * hdp && acc.len() == ROWS * hdp);
+    let (p, v) = (probs.as_ptr(), v.as_ptr());
+    let step = S::BLOCK_VECS * S::LANES;
+    for d0 in (0..hdp).step_by(step) {
+        let mut a = [[S::splat(0.0); 4]; ROWS];
+        for j in 0..keys {
+            let mut vj = [S::splat(0.0); 4];
+            for (c, x) in vj.iter_mut().enumerate().take(S::BLOCK_VECS) {
+                *x = S::load(v.add(j * hdp + d0 + c * S::LANES));
+            }
+            for (r, ar) in a.iter_mut().enumerate() {
+                let pr = S::splat(*p.add(r * lp + j));
+                for c in 0..S::BLOCK_VECS {
+                    ar[c] = S::fma(pr, vj[c], ar[c]);
+                }
+            }
+        }
+        for (r, ar) in a.iter().enumerate() {
+            for (c, x) in ar.iter().enumerate().take(S::BLOCK_VECS) {
+                S::store(acc.as_mut_ptr().add(r * hdp + d0 + c * S::LANES), *x);
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! CPU kernels of our own for f32 inference, where candle's generic ops
+//! lose to PyTorch (docs/cpu.md): fused attention and one-pass element-wise
+//! ops. Each is written once over [`simd::Simd`] and runs with AVX-512,
+//! AVX2+FMA or scalar code, chosen at run time; tests hold every one to the
+//! plain candle path. Training and CUDA keep candle's ops.
+
+#[macro_use]
+pub mod simd;
+pub mod attention;
+pub mod elementwise;
+
+use anyhow::{bail, Result};
+use candle_core::{CpuStorage, Storage, Tensor};
+
+pub use simd::Isa;
+
+/// Which implementation the model's CPU inference path uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// The fused kernels of this module (CPU, f32 attention).
+    Fused,
+    /// candle's ops only, as in training and on CUDA.
+    Candle,
+}
+
+impl Kernels {
+    /// `LONGCLIP_KERNELS=candle` selects candle's ops; anything else (or
+    /// unset) the fused kernels.
+    pub fn from_env() -> Kernels {
+        match std::env::var("LONGCLIP_KERNELS") {
+            Ok(v) if v.eq_ignore_ascii_case("candle") => Kernels::Candle,
+            _ => Kernels::Fused,
+        }
+    }
+}
+
+/// Runs `f` on the f32 values of a contiguous CPU tensor, without a copy.
+/// Errors: another device or dtype, or a strided layout.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        bail!("CPU kernels need an f32 CPU tensor, got {:?} on {:?}", t.dtype(), t.device());
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("CPU kernels need a contiguous tensor, got strides {:?}", layout.stride());
+    };
+    Ok(f(&data[start..end]))
+}
