@@ -8,6 +8,7 @@
 pub mod simd;
 pub mod attention;
 pub mod elementwise;
+pub mod peak;
 
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, Storage, Tensor};
