@@ -27,6 +27,7 @@ pub mod export;
 pub mod family;
 pub mod finetune;
 pub mod jpeg;
+pub mod kernels;
 pub mod linalg;
 pub mod index;
 pub mod inference;
