@@ -263,3 +263,30 @@ fn longclip_b_random_weights_parity() {
     assert_eq!(rows.len(), 6);
     assert!(rows.iter().all(|r| r.ok), "a row below its bound");
 }
+
+/// Manifests record the compute dtype; one written before (no field) reads
+/// as f32, and a run in another dtype is added to the record.
+#[test]
+fn manifests_record_the_compute_dtype_and_old_ones_load() {
+    use longclip::index::{read_manifest, Dtype, Manifest, ModelInfo};
+    let info = ModelInfo { path: None, fingerprint: None, embed_dim: 4, image_size: None, context_length: None, family: Default::default() };
+    let mut m = Manifest::empty(info, 4, Dtype::F16, None, None, 100);
+    let old = serde_json::to_value(&m).unwrap();
+    assert!(old.get("compute_dtype").is_none(), "an unset dtype is not written: {old}");
+    // An index from before the field: its manifest.json loads, as f32.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("manifest.json"), serde_json::to_string(&old).unwrap()).unwrap();
+    let read = read_manifest(dir.path()).unwrap();
+    assert_eq!((read.compute_dtype.as_deref(), read.compute_dtype()), (None, "f32"));
+    m.note_compute_dtype("int8");
+    assert_eq!(m.compute_dtype(), "int8");
+    m.note_compute_dtype("int8");
+    assert_eq!(m.compute_dtype(), "int8");
+    let json = serde_json::to_value(&m).unwrap();
+    assert_eq!(json["compute_dtype"], "int8");
+    // A non-empty index from before gets f32 named beside the new dtype.
+    let mut old_index = read;
+    old_index.segments.push(serde_json::from_value(serde_json::json!({"name": "s000001", "rows": 1, "deleted": 0, "dtype": "f16", "min_id": 0, "max_id": 0, "sizes": {}, "hnsw": null})).unwrap());
+    old_index.note_compute_dtype("bf16");
+    assert_eq!(old_index.compute_dtype(), "f32+bf16");
+}

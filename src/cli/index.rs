@@ -137,11 +137,12 @@ struct RunArgs {
     batch_size: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// What the image tower computes in: f32 (exact, the default), bf16, or
-    /// int8 (CPU only; faster, for large photo libraries: rankings can move,
-    /// see docs/cpu.md). Recorded in the manifest.
-    #[arg(long, default_value = "f32")]
-    compute_dtype: String,
+    /// What the image tower computes in: f32 (exact; the default for a
+    /// build), bf16, or int8 (CPU only; faster, for large photo libraries:
+    /// rankings can move, see docs/cpu.md). Recorded in the manifest; `add`
+    /// defaults to what the index recorded.
+    #[arg(long)]
+    compute_dtype: Option<String>,
     /// Images per saved chunk: the most an interrupted build has to redo.
     #[arg(long, default_value_t = 256, value_parser = positive)]
     chunk_size: usize,
@@ -321,9 +322,10 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
     }
 }
 
-fn load_model(path: &Path, run: &RunArgs) -> Result<(LongClip, candle_core::Device, index::ModelInfo)> {
+/// The model in `run.compute_dtype`, else in `default` (f32, or an index's own).
+fn load_model(path: &Path, run: &RunArgs, default: &str) -> Result<(LongClip, candle_core::Device, index::ModelInfo)> {
     let device = model::device(&run.device)?;
-    let precision = model::precision(&run.compute_dtype, &device)?;
+    let precision = model::precision(run.compute_dtype.as_deref().unwrap_or(default), &device)?;
     let ckpt = checkpoint::load(path)?;
     let info = search::model_info(&ckpt, path)?;
     let model = LongClip::new(&ckpt, &device, precision)?;
@@ -355,7 +357,7 @@ fn build(a: BuildArgs) -> Result<()> {
             eprintln!("warning: {}: the index keeps its HNSW setting ({}); the graph options apply to new indexes only", crate::term::path(&a.index), m.hnsw.map_or("none".into(), |h| format!("M {}, ef_construction {}", h.m, h.ef_construction)));
         }
     }
-    let (model, device, info) = load_model(&a.model, &a.run)?;
+    let (model, device, info) = load_model(&a.model, &a.run, "f32")?;
     let opts = BuildOptions {
         images: Some(a.images.clone()),
         dtype,
@@ -379,7 +381,9 @@ fn add(a: AddArgs) -> Result<()> {
         (None, Some(p)) => PathBuf::from(p),
         (None, None) => bail!("{}: the index does not record its model: give --model", a.index.display()),
     };
-    let (model, device, info) = load_model(&model_path, &a.run)?;
+    // An index embedded in one dtype keeps it; a mixed one gets f32.
+    let recorded = if manifest.compute_dtype().contains('+') { "f32" } else { manifest.compute_dtype() };
+    let (model, device, info) = load_model(&model_path, &a.run, recorded)?;
     if manifest.count > 0 && manifest.compute_dtype() != model.precision.name() {
         eprintln!(
             "warning: {}: the index was embedded in {}; these images are embedded in {}",
