@@ -13,10 +13,55 @@ use crate::checkpoint::{Activation, Checkpoint, Config};
 use crate::family::{Family, TextPath};
 use crate::kernels::attention::{attention, AttentionShape};
 use crate::kernels::{elementwise, with_f32, Isa, Kernels};
+use crate::kernels::{gemm_bf16, gemm_int8};
 use crate::preprocess::Transform;
 use crate::tokenizer::Encoding;
 
 const LN_EPS: f64 = 1e-5;
+
+/// What the model computes in: a candle dtype for the matmuls (residuals,
+/// norms and softmax stay f32), or int8 dynamic quantization of the
+/// transformer blocks' linear layers (CPU only; everything else in f32).
+///
+/// On the CPU, bf16 linear layers and matmuls run our own GEMM
+/// ([`gemm_bf16`]: bf16 inputs, f32 accumulation) and int8 ones
+/// [`gemm_int8`]; elsewhere candle's kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Float(DType),
+    /// Weights per output channel, activations per token (docs/cpu.md).
+    Int8,
+}
+
+impl From<DType> for Precision {
+    fn from(dtype: DType) -> Self {
+        Precision::Float(dtype)
+    }
+}
+
+impl Precision {
+    /// `f32`, `f16`, `bf16` or `int8`, as `--dtype` spells it.
+    pub fn name(self) -> String {
+        match self {
+            Precision::Float(d) => format!("{d:?}").to_lowercase(),
+            Precision::Int8 => "int8".into(),
+        }
+    }
+
+    /// The dtype of everything that is not an int8 linear layer.
+    pub fn float(self) -> DType {
+        match self {
+            Precision::Float(d) => d,
+            Precision::Int8 => DType::F32,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
 
 /// Loads tensors of one checkpoint onto a device in the compute dtype.
 ///
@@ -25,14 +70,16 @@ const LN_EPS: f64 = 1e-5;
 struct Loader<'a> {
     ckpt: &'a Checkpoint,
     device: &'a Device,
+    /// `precision.float()`: the dtype of everything but int8 linear layers.
     dtype: DType,
+    precision: Precision,
     /// Use ops candle can differentiate instead of its fused kernels.
     differentiable: bool,
     /// Our fused CPU kernels or candle's ops (inference on CPU only).
     kernels: Kernels,
 }
 
-impl Loader<'_> {
+impl<'a> Loader<'a> {
     fn get(&self, key: &str) -> Result<Tensor> {
         Ok(self.ckpt.get(key)?.to_dtype(self.dtype)?.to_device(self.device)?)
     }
@@ -42,12 +89,37 @@ impl Loader<'_> {
         Ok(self.ckpt.get(key)?.to_dtype(DType::F32)?.to_device(self.device)?)
     }
 
+    fn new(ckpt: &'a Checkpoint, device: &'a Device, precision: Precision, differentiable: bool) -> Self {
+        let kernels = if differentiable { Kernels::Candle } else { Kernels::from_env() };
+        Loader { ckpt, device, dtype: precision.float(), precision, differentiable, kernels }
+    }
+
+    /// A transformer block's linear layer (attention in/out projections,
+    /// MLP c_fc/c_proj): packed for our bf16 or int8 GEMM on the CPU (once,
+    /// here), else a candle `Linear` in the compute dtype.
     fn linear(&self, weight: &str, bias: &str) -> Result<Dense> {
-        Ok(Dense {
-            inner: Linear::new(self.get(weight)?, Some(self.get(bias)?)),
-            dtype: self.dtype,
-            flatten: self.differentiable,
-        })
+        let packed = self.device.is_cpu() && !self.differentiable;
+        let kernel = match self.precision {
+            Precision::Int8 | Precision::Float(DType::BF16) if packed => {
+                let w = self.ckpt.get(weight)?.to_dtype(DType::F32)?;
+                let (n, k) = w.dims2().with_context(|| format!("{weight}: expected a 2-D weight"))?;
+                let values = w.flatten_all()?.to_vec1::<f32>()?;
+                let b = self.ckpt.get(bias)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                if b.len() != n {
+                    bail!("{bias}: {} values for a weight of {n} outputs", b.len());
+                }
+                if self.precision == Precision::Int8 {
+                    if k > gemm_int8::MAX_K {
+                        bail!("{weight}: int8 needs K <= {}, got {k}", gemm_int8::MAX_K);
+                    }
+                    Kernel::Int8(gemm_int8::QuantizedWeight::from_weight(&values, n, k), b)
+                } else {
+                    Kernel::Bf16(gemm_bf16::PackedBf16::from_weight(&values, n, k), b)
+                }
+            }
+            _ => Kernel::Candle(Linear::new(self.get(weight)?, Some(self.get(bias)?))),
+        };
+        Ok(Dense { kernel, dtype: self.dtype, flatten: self.differentiable })
     }
 
     /// Layer norms stay in f32 like the official `LayerNorm` subclass.
@@ -157,9 +229,17 @@ fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
-/// A linear layer whose weights may be f16/bf16; input and output are f32.
+/// How a [`Dense`] multiplies: candle's `Linear`, or one of our CPU GEMMs
+/// with the weight packed at load (and the f32 bias).
+enum Kernel {
+    Candle(Linear),
+    Bf16(gemm_bf16::PackedBf16, Vec<f32>),
+    Int8(gemm_int8::QuantizedWeight, Vec<f32>),
+}
+
+/// A linear layer whose weights may be f16/bf16/int8; input and output are f32.
 struct Dense {
-    inner: Linear,
+    kernel: Kernel,
     dtype: DType,
     /// Training: multiply [b*l, in] rows by the weight instead of a weight
     /// broadcast over the batch, whose backward would materialize a
@@ -169,18 +249,70 @@ struct Dense {
 
 impl Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let inner = match &self.kernel {
+            Kernel::Candle(inner) => inner,
+            Kernel::Bf16(w, bias) => return rows_gemm(x, w.k, w.n, |x, m, out| gemm_bf16::gemm(x, m, w, Some(bias), out, true)),
+            Kernel::Int8(w, bias) => return rows_gemm(x, w.k, w.n, |x, m, out| gemm_int8::gemm(x, m, w, Some(bias), out, true)),
+        };
         let x = x.to_dtype(self.dtype)?;
         let y = match (self.flatten, x.dims()) {
-            (true, &[b, l, w]) => self.inner.forward(&x.reshape((b * l, w))?)?.reshape((b, l, ()))?,
-            _ => self.inner.forward(&x)?,
+            (true, &[b, l, w]) => inner.forward(&x.reshape((b * l, w))?)?.reshape((b, l, ()))?,
+            _ => inner.forward(&x)?,
         };
         Ok(y.to_dtype(DType::F32)?)
     }
 }
 
-/// `a @ b` in the compute dtype, result in f32.
+/// `x [.., k]` (CPU) as f32 rows through `gemm(x, rows, out)`, into `[.., n]`.
+fn rows_gemm(x: &Tensor, k: usize, n: usize, gemm: impl Fn(&[f32], usize, &mut [f32])) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    if dims.last() != Some(&k) {
+        bail!("linear layer of input width {k} got a tensor of shape {dims:?}");
+    }
+    let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let rows = values.len() / k.max(1);
+    let mut out = vec![0f32; rows * n];
+    gemm(&values, rows, &mut out);
+    let mut shape = dims;
+    *shape.last_mut().expect("rank >= 1") = n;
+    Ok(Tensor::from_vec(out, shape, x.device())?)
+}
+
+/// `a @ b` in the compute dtype, result in f32. bf16 on the CPU runs
+/// [`gemm_bf16`] (b packed per call) for `a [.., m, k] @ b [k, n]` and for
+/// batches `[.., m, k] @ [.., k, n]` of the same leading dims.
 fn matmul(a: &Tensor, b: &Tensor, dtype: DType) -> Result<Tensor> {
+    if dtype == DType::BF16 && a.device().is_cpu() && a.rank() >= 2 {
+        return matmul_bf16_cpu(a, b);
+    }
     Ok(a.to_dtype(dtype)?.matmul(&b.to_dtype(dtype)?)?.to_dtype(DType::F32)?)
+}
+
+fn matmul_bf16_cpu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (k, n) = (b.dim(D::Minus2)?, b.dim(D::Minus1)?);
+    if a.dim(D::Minus1)? != k {
+        bail!("matmul: shapes {:?} and {:?} do not match", a.dims(), b.dims());
+    }
+    let b_values = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    if b.rank() == 2 {
+        let w = gemm_bf16::PackedBf16::from_kn(&b_values, k, n);
+        return rows_gemm(a, k, n, |x, m, out| gemm_bf16::gemm(x, m, &w, None, out, true));
+    }
+    let batch: usize = b.dims()[..b.rank() - 2].iter().product();
+    let m = a.dim(D::Minus2)?;
+    if a.dims()[..a.rank() - 2] != b.dims()[..b.rank() - 2] {
+        bail!("matmul: batch dims of {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    use rayon::prelude::*;
+    let a_values = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; batch * m * n];
+    out.par_chunks_mut((m * n).max(1)).enumerate().for_each(|(i, out)| {
+        let w = gemm_bf16::PackedBf16::from_kn(&b_values[i * k * n..(i + 1) * k * n], k, n);
+        gemm_bf16::gemm(&a_values[i * m * k..(i + 1) * m * k], m, &w, None, out, true);
+    });
+    let mut shape = a.dims().to_vec();
+    *shape.last_mut().expect("rank >= 2") = n;
+    Ok(Tensor::from_vec(out, shape, a.device())?)
 }
 
 struct Attention {
@@ -449,18 +581,21 @@ pub struct LongClip {
     pub config: Config,
     /// The text path `text` runs (the family's default unless chosen).
     pub text_path: TextPath,
+    /// What the model computes in (printed in summary lines and manifests).
+    pub precision: Precision,
 }
 
 impl LongClip {
-    /// The model with its family's default text path (long).
-    pub fn new(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Self> {
-        Self::build(Loader { ckpt, device, dtype, differentiable: false, kernels: Kernels::from_env() }, None)
+    /// The model with its family's default text path (long), computing in
+    /// `precision` (a `DType`, or [`Precision::Int8`]).
+    pub fn new(ckpt: &Checkpoint, device: &Device, precision: impl Into<Precision>) -> Result<Self> {
+        Self::build(Loader::new(ckpt, device, precision.into(), false), None)
     }
 
     /// The model with text path `path` (None: the family's default).
     /// Errors: a path the family does not have (`short` is FG-CLIP's).
-    pub fn with_text_path(ckpt: &Checkpoint, device: &Device, dtype: DType, path: Option<TextPath>) -> Result<Self> {
-        Self::build(Loader { ckpt, device, dtype, differentiable: false, kernels: Kernels::from_env() }, path)
+    pub fn with_text_path(ckpt: &Checkpoint, device: &Device, precision: impl Into<Precision>, path: Option<TextPath>) -> Result<Self> {
+        Self::build(Loader::new(ckpt, device, precision.into(), false), path)
     }
 
     /// Our fused CPU kernels (the default unless `LONGCLIP_KERNELS=candle`)
@@ -490,11 +625,14 @@ impl LongClip {
     /// checkpoint whose tensors are `Var`s to get gradients for them, or
     /// detached copies to run the same arithmetic without a graph.
     pub fn trainable(ckpt: &Checkpoint, device: &Device, dtype: DType) -> Result<Self> {
-        Self::build(Loader { ckpt, device, dtype, differentiable: true, kernels: Kernels::Candle }, None)
+        Self::build(Loader::new(ckpt, device, dtype.into(), true), None)
     }
 
     fn build(loader: Loader, path: Option<TextPath>) -> Result<Self> {
         let ckpt = loader.ckpt;
+        if loader.precision == Precision::Int8 && !loader.device.is_cpu() {
+            bail!("--dtype int8 runs on the CPU only; on CUDA use f16, bf16 or f32");
+        }
         let logit_scale = match ckpt.tensors.get("logit_scale") {
             Some(t) => t.to_dtype(DType::F32)?.flatten_all()?.get(0)?.to_scalar::<f32>()?,
             None => (1.0f32 / 0.07).ln(),
@@ -506,6 +644,7 @@ impl LongClip {
             logit_scale,
             config: ckpt.config.clone(),
             text_path,
+            precision: loader.precision,
         })
     }
 
@@ -536,14 +675,28 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&norm)?)
 }
 
-/// `f32`, `f16`, `bf16`, or `auto`: f32 on CPU, f16 on CUDA.
+/// `f32`, `f16`, `bf16`, or `auto`: f32 on CPU, f16 on CUDA. (`int8` is
+/// not a candle dtype and not trainable: see [`precision`].)
 pub fn compute_dtype(name: &str, device: &Device) -> Result<DType> {
     match name {
         "auto" if device.is_cuda() => Ok(DType::F16),
         "auto" | "f32" => Ok(DType::F32),
         "f16" => Ok(DType::F16),
         "bf16" => Ok(DType::BF16),
+        "int8" => bail!("--dtype int8 is for inference (embed, index, eval, bench); here use f32, f16 or bf16"),
         other => bail!("unknown dtype '{other}' (expected auto, f32, f16 or bf16)"),
+    }
+}
+
+/// `--dtype` for inference: [`compute_dtype`]'s names, or `int8` (CPU only).
+/// `auto` stays f32 on the CPU: the exact path is the default.
+/// Errors: an unknown name, or int8 on CUDA.
+pub fn precision(name: &str, device: &Device) -> Result<Precision> {
+    match name {
+        "int8" if !device.is_cpu() => bail!("--dtype int8 runs on the CPU only; on CUDA use f16, bf16 or f32"),
+        "int8" => Ok(Precision::Int8),
+        "auto" | "f32" | "f16" | "bf16" => Ok(Precision::Float(compute_dtype(name, device)?)),
+        other => bail!("unknown dtype '{other}' (expected auto, f32, f16, bf16 or int8)"),
     }
 }
 

@@ -22,7 +22,7 @@ pub struct BenchArgs {
     model: String,
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// auto (f16 on CUDA, f32 on CPU), f32, f16 or bf16.
+    /// auto (f16 on CUDA, f32 on CPU), f32, f16, bf16 or int8 (CPU only).
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// Images per batch for the vision tower and the end-to-end run.
@@ -51,10 +51,11 @@ pub struct BenchArgs {
     seed: u64,
     /// Instead of timing: parity of --device in each of --parity-dtypes against CPU f32 on
     /// generated images and texts (--text-tokens long), one JSON line per (tower, dtype);
-    /// fails when a row is below its bound (f32: cos >= 0.9999, f16/bf16 vs f32: 0.999).
+    /// fails when a row is below its bound (f32: cos >= 0.9999, f16/bf16 vs f32: 0.999,
+    /// int8 vs f32: 0.99).
     #[arg(long)]
     parity: bool,
-    /// Compute dtypes of the parity runs on --device.
+    /// Compute dtypes of the parity runs on --device (int8: CPU only).
     #[arg(long, value_delimiter = ',', default_value = "f32,f16,bf16")]
     parity_dtypes: Vec<String>,
     /// Generated images and texts per parity run.
@@ -80,9 +81,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.parity {
         return parity(&args, &ckpt, &device);
     }
-    let dtype = model::compute_dtype(&args.dtype, &device)?;
-    let model = LongClip::new(&ckpt, &device, dtype)?;
-    let head = json!({"model": args.model, "device": args.device, "dtype": format!("{dtype:?}").to_lowercase()});
+    let precision = model::precision(&args.dtype, &device)?;
+    let model = LongClip::new(&ckpt, &device, precision)?;
+    let head = json!({"model": args.model, "device": args.device, "dtype": precision.name()});
     println!("{head}");
 
     let vision = time_vision(&model, &device, &args)?;
@@ -105,19 +106,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 }
 
 fn parity(args: &BenchArgs, ckpt: &checkpoint::Checkpoint, device: &Device) -> Result<()> {
-    let dtypes = args.parity_dtypes.iter().map(|d| model::compute_dtype(d, device)).collect::<Result<Vec<_>>>()?;
+    let precisions = args.parity_dtypes.iter().map(|d| model::precision(d, device)).collect::<Result<Vec<_>>>()?;
     let setup = ParitySetup {
         target: ckpt,
         reference: ckpt,
         device,
         device_name: &args.device,
-        dtypes: &dtypes,
+        dtypes: &[],
         images: args.parity_batch,
         texts: args.parity_batch,
         text_tokens: args.text_tokens,
         seed: args.seed,
     };
-    let rows = crate::parity::check(&setup)?;
+    let rows = crate::parity::check_precisions(&setup, &precisions)?;
     for row in &rows {
         let mut line = serde_json::to_value(row)?;
         line["model"] = json!(args.model);
@@ -170,7 +171,7 @@ fn time_end_to_end(model: &LongClip, device: &Device, dir: &std::path::Path, arg
     let out = embedder.embed_images(&paths)?;
     out.features.to_device(&Device::Cpu)?;
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("{}", embed::summary("images", out.paths.len(), start));
+    eprintln!("{}, {}", embed::summary("images", out.paths.len(), start), model.precision);
     Ok(out.paths.len() as f64 / secs)
 }
 

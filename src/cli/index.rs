@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
 use clap::{Args, Subcommand};
 
 use crate::checkpoint;
@@ -138,6 +137,12 @@ struct RunArgs {
     batch_size: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// What the image tower computes in: f32 (exact; the default for a
+    /// build), bf16, or int8 (CPU only; faster, for large photo libraries:
+    /// rankings can move, see docs/cpu.md). Recorded in the manifest; `add`
+    /// defaults to what the index recorded.
+    #[arg(long)]
+    compute_dtype: Option<String>,
     /// Images per saved chunk: the most an interrupted build has to redo.
     #[arg(long, default_value_t = 256, value_parser = positive)]
     chunk_size: usize,
@@ -317,11 +322,13 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
     }
 }
 
-fn load_model(path: &Path, device: &str) -> Result<(LongClip, candle_core::Device, index::ModelInfo)> {
-    let device = model::device(device)?;
+/// The model in `run.compute_dtype`, else in `default` (f32, or an index's own).
+fn load_model(path: &Path, run: &RunArgs, default: &str) -> Result<(LongClip, candle_core::Device, index::ModelInfo)> {
+    let device = model::device(&run.device)?;
+    let precision = model::precision(run.compute_dtype.as_deref().unwrap_or(default), &device)?;
     let ckpt = checkpoint::load(path)?;
     let info = search::model_info(&ckpt, path)?;
-    let model = LongClip::new(&ckpt, &device, DType::F32)?;
+    let model = LongClip::new(&ckpt, &device, precision)?;
     Ok((model, device, info))
 }
 
@@ -350,7 +357,7 @@ fn build(a: BuildArgs) -> Result<()> {
             eprintln!("warning: {}: the index keeps its HNSW setting ({}); the graph options apply to new indexes only", crate::term::path(&a.index), m.hnsw.map_or("none".into(), |h| format!("M {}, ef_construction {}", h.m, h.ef_construction)));
         }
     }
-    let (model, device, info) = load_model(&a.model, &a.run.device)?;
+    let (model, device, info) = load_model(&a.model, &a.run, "f32")?;
     let opts = BuildOptions {
         images: Some(a.images.clone()),
         dtype,
@@ -364,7 +371,7 @@ fn build(a: BuildArgs) -> Result<()> {
         merge: a.merge.policy(),
     };
     let report = index::build(&a.index, &model, &device, &info, &opts)?;
-    summarize(&a.index, &report)
+    summarize(&a.index, &report, &model)
 }
 
 fn add(a: AddArgs) -> Result<()> {
@@ -374,7 +381,17 @@ fn add(a: AddArgs) -> Result<()> {
         (None, Some(p)) => PathBuf::from(p),
         (None, None) => bail!("{}: the index does not record its model: give --model", a.index.display()),
     };
-    let (model, device, info) = load_model(&model_path, &a.run.device)?;
+    // An index embedded in one dtype keeps it; a mixed one gets f32.
+    let recorded = if manifest.compute_dtype().contains('+') { "f32" } else { manifest.compute_dtype() };
+    let (model, device, info) = load_model(&model_path, &a.run, recorded)?;
+    if manifest.count > 0 && manifest.compute_dtype() != model.precision.name() {
+        eprintln!(
+            "warning: {}: the index was embedded in {}; these images are embedded in {}",
+            crate::term::path(&a.index),
+            manifest.compute_dtype(),
+            model.precision
+        );
+    }
     let opts = BuildOptions {
         images: a.images.clone(),
         dtype: manifest.dtype,
@@ -388,17 +405,18 @@ fn add(a: AddArgs) -> Result<()> {
         merge: a.merge.policy(),
     };
     let report = index::build(&a.index, &model, &device, &info, &opts)?;
-    summarize(&a.index, &report)
+    summarize(&a.index, &report, &model)
 }
 
-fn summarize(dir: &Path, r: &index::BuildReport) -> Result<()> {
+fn summarize(dir: &Path, r: &index::BuildReport, model: &LongClip) -> Result<()> {
     let done = r.embedded + r.resumed;
     let rate = r.embedded as f64 / r.seconds.max(1e-9);
     eprintln!(
-        "embedded {} images ({} this run, {} resumed), skipped {}, unchanged {} in {:.2} s ({rate:.1} images/s) -> {}: {} entries in {}, {} skipped in all",
+        "embedded {} images ({} this run, {} resumed, {}), skipped {}, unchanged {} in {:.2} s ({rate:.1} images/s) -> {}: {} entries in {}, {} skipped in all",
         done,
         r.embedded,
         r.resumed,
+        model.precision,
         r.skipped,
         r.unchanged,
         r.seconds,
@@ -482,6 +500,7 @@ fn info(dir: &Path, json: bool) -> Result<()> {
             "count": m.count,
             "dim": m.dim,
             "dtype": m.dtype,
+            "compute_dtype": m.compute_dtype(),
             "model": m.model,
             "root": m.root,
             "created": m.created,
@@ -501,7 +520,7 @@ fn info(dir: &Path, json: bool) -> Result<()> {
     println!("index       {}", crate::term::path(&dir));
     println!("format      {} v{} (generation {})", m.format, m.format_version, m.generation);
     println!("entries     {}", m.count);
-    println!("embeddings  {} x {} {}", m.count, m.dim, m.dtype.name());
+    println!("embeddings  {} x {} {} (computed in {})", m.count, m.dim, m.dtype.name(), m.compute_dtype());
     println!("model       {}", crate::term::escape_for_terminal(m.model.path.as_deref().unwrap_or("(not recorded: imported)")));
     println!("fingerprint {}", m.model.fingerprint.as_deref().unwrap_or("-"));
     println!("root        {}", crate::term::escape_for_terminal(m.root.as_deref().unwrap_or("-")));

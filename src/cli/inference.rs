@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::DType;
 use clap::Args;
 
 use super::index::count;
@@ -46,6 +45,10 @@ pub struct InferenceArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// What the encoders compute in: f32 (exact, the default), f16, bf16,
+    /// or int8 (CPU only; for large libraries: rankings can move, docs/cpu.md).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// No progress bars (the summary lines stay).
     #[arg(long)]
     no_progress: bool,
@@ -56,7 +59,7 @@ pub fn run(a: InferenceArgs) -> Result<()> {
     let device = model::device(&a.device)?;
     let ckpt = checkpoint::load(&a.model)?;
     let info = search::model_info(&ckpt, &a.model)?;
-    let model = LongClip::new(&ckpt, &device, DType::F32)?;
+    let model = LongClip::new(&ckpt, &device, model::precision(&a.dtype, &device)?)?;
     drop(ckpt);
     let opts = InferenceOptions {
         input: a.input,
@@ -70,18 +73,19 @@ pub fn run(a: InferenceArgs) -> Result<()> {
         progress: !a.no_progress,
         device_name: a.device.clone(),
     };
-    let reports = inference::run(&model, &device, &info, &opts, |r| eprintln!("{}", partition_line(r, opts.partition_count)))?;
+    let reports = inference::run(&model, &device, &info, &opts, |r| eprintln!("{}, {}", partition_line(r, opts.partition_count), model.precision))?;
     if reports.len() > 1 {
         let done: Vec<&PartitionReport> = reports.iter().filter(|r| !r.already_done).collect();
         let images: usize = done.iter().map(|r| r.stats.sample_count).sum();
         let skipped: usize = done.iter().map(|r| r.stats.skipped_count).sum();
         let secs = start.elapsed().as_secs_f64();
         eprintln!(
-            "inference: {} partitions ({} already done), {} in {secs:.2} s ({:.1} images/s), {skipped} skipped -> {}",
+            "inference: {} partitions ({} already done), {} in {secs:.2} s ({:.1} images/s, {}), {skipped} skipped -> {}",
             reports.len(),
             reports.len() - done.len(),
             count(images, "image"),
             images as f64 / secs.max(1e-9),
+            model.precision,
             crate::term::path(&opts.output_folder)
         );
     }

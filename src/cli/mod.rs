@@ -146,7 +146,7 @@ struct EmbedArgs {
     batch_size: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Compute dtype of the matmuls: auto (f32 on CPU, f16 on CUDA), f32, f16 or bf16.
+    /// Compute dtype of the matmuls: auto (f32 on CPU, f16 on CUDA), f32, f16, bf16, or int8 (CPU only; docs/cpu.md).
     #[arg(long, default_value = "auto")]
     dtype: String,
 }
@@ -232,9 +232,9 @@ fn tokenize(texts: &Path, context_length: usize, family: Family, out: Option<&Pa
 
 fn load_model(path: &Path, device: &str, dtype: &str, text_path: Option<TextPath>) -> Result<(LongClip, Device)> {
     let device = model::device(device)?;
-    let dtype = model::compute_dtype(dtype, &device)?;
+    let precision = model::precision(dtype, &device)?;
     let ckpt = checkpoint::load(path)?;
-    let model = LongClip::with_text_path(&ckpt, &device, dtype, text_path)?;
+    let model = LongClip::with_text_path(&ckpt, &device, precision, text_path)?;
     Ok((model, device))
 }
 
@@ -256,7 +256,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         embed::write_features(&out.features, &args.out)?;
         let ids: String = (0..texts.len()).map(|i| format!("{i}\n")).collect();
         export::write_atomic(&embed::sidecar(&args.out, "ids.txt"), ids.as_bytes())?;
-        eprintln!("{} -> {}", embed::summary("texts", texts.len(), start), crate::term::path(&args.out));
+        eprintln!("{}, {} -> {}", embed::summary("texts", texts.len(), start), model.precision, crate::term::path(&args.out));
         for &i in &out.empty {
             eprintln!("warning: {}: row {i} is empty", crate::term::path(&texts_path));
         }
@@ -279,8 +279,9 @@ fn embed(args: EmbedArgs) -> Result<()> {
     let ids: String = out.paths.iter().map(|p| format!("{}\n", crate::term::path(p))).collect();
     export::write_atomic(&embed::sidecar(&args.out, "ids.txt"), ids.as_bytes())?;
     eprintln!(
-        "{}, skipped {} -> {}",
+        "{}, {}, skipped {} -> {}",
         embed::summary("images", out.paths.len(), start),
+        model.precision,
         out.skipped.len(),
         crate::term::path(&args.out)
     );

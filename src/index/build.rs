@@ -292,6 +292,9 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
         for (_, c) in &pending {
             skipped.extend(c.skipped.iter().cloned());
         }
+        if pending.iter().any(|(_, c)| !c.entries.is_empty()) {
+            manifest.note_compute_dtype(&model.precision.name());
+        }
         manifest = Change::run(dir, &manifest, |change| {
             commit_chunks(dir, change, &pending, &staging, &places, &mut deletes, opts.progress)?;
             change.set_skipped(dir, &skipped)

@@ -55,6 +55,11 @@ pub struct Manifest {
     pub model: ModelInfo,
     pub dim: usize,
     pub dtype: Dtype,
+    /// What the image tower computed in (`--compute-dtype`: f32, bf16,
+    /// int8; `f32+int8` when runs used several). Manifests written before
+    /// it was recorded read as None: those indexes were embedded in f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_dtype: Option<String>,
     /// Live entries over all segments.
     pub count: usize,
     pub skipped_count: usize,
@@ -91,6 +96,7 @@ impl Manifest {
             model,
             dim,
             dtype,
+            compute_dtype: None,
             count: 0,
             skipped_count: 0,
             next_id: 0,
@@ -112,6 +118,21 @@ impl Manifest {
         let name = format!("s{:06}", self.next_segment);
         self.next_segment += 1;
         name
+    }
+
+    /// The compute dtypes of the embeddings (`f32` for an old manifest).
+    pub fn compute_dtype(&self) -> &str {
+        self.compute_dtype.as_deref().unwrap_or("f32")
+    }
+
+    /// Records that a run embedded with `name` (`f32`, `bf16`, `int8`): an
+    /// empty index takes it, another one adds it to its list (`f32+int8`).
+    pub fn note_compute_dtype(&mut self, name: &str) {
+        if self.segments.is_empty() && self.compute_dtype.is_none() {
+            self.compute_dtype = Some(name.to_string());
+        } else if !self.compute_dtype().split('+').any(|d| d == name) {
+            self.compute_dtype = Some(format!("{}+{name}", self.compute_dtype()));
+        }
     }
 
     /// Recounts `count` from the segments.

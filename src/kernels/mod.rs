@@ -2,12 +2,16 @@
 //! lose to PyTorch (docs/cpu.md): fused attention and one-pass element-wise
 //! ops. Each is written once over [`simd::Simd`] and runs with AVX-512,
 //! AVX2+FMA or scalar code, chosen at run time; tests hold every one to the
-//! plain candle path. Training and CUDA keep candle's ops.
+//! plain candle path. Training and CUDA keep candle's ops. [`gemm_bf16`]
+//! and [`gemm_int8`] are the linear layers of `--dtype bf16` and
+//! `--dtype int8` on the CPU, also held to plain GEMMs by tests.
 
 #[macro_use]
 pub mod simd;
 pub mod attention;
 pub mod elementwise;
+pub mod gemm_bf16;
+pub mod gemm_int8;
 pub mod peak;
 
 use anyhow::{bail, Result};
