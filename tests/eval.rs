@@ -564,3 +564,30 @@ fn probe_of_several_models_has_a_row_each() {
     // Two models: T2I and I2T each, and the ceiling.
     assert_eq!(std::fs::read_to_string(&svg).unwrap().matches("<polyline").count(), 5);
 }
+
+#[test]
+fn eval_int8_warns_records_its_dtype_and_never_shares_the_f32_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("urban");
+    urban_set(&root, 8);
+    let cache = dir.path().join("cache");
+    let json = dir.path().join("r.json");
+    let m = model_path();
+    let args = ["eval", "--model", s(&m), "--dataset", "urban1k", "--root", s(&root), "--embeddings-cache", s(&cache), "--json", s(&json)];
+    let out = ok(&args);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("int8"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(", f32)"));
+    assert_eq!(read_json(&json)["dtype"], "f32");
+
+    let out = ok(&[&args[..], &["--dtype", "int8"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: --dtype int8") && stderr.contains("reproduce published tables"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(", int8)"));
+    let int8 = read_json(&json);
+    assert_eq!(int8["dtype"], "int8");
+    // The f32 features were cached by the first run: int8 must embed afresh.
+    assert_eq!(int8["timings"]["images_cached"], 0, "{int8}");
+    assert_eq!(int8["timings"]["texts_cached"], 0, "{int8}");
+    let e = fails(&[&args[..], &["--dtype", "int4"]].concat());
+    assert!(e.contains("int4"), "{e}");
+}

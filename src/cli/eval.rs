@@ -97,9 +97,23 @@ pub struct RunArgs {
     /// With several models, the others run their own (only) path.
     #[arg(long, value_enum)]
     text_path: Option<TextPath>,
+    /// Compute dtype: f32 (exact, the default), bf16, f16, or int8 (CPU only: quantized linear
+    /// layers that move R@K by up to about a point; for indexing, not for tables; docs/cpu.md).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 impl RunArgs {
+    /// Says, once, what int8 does to the numbers (issue 16: eval warns).
+    fn warn_dtype(&self) {
+        if self.dtype == "int8" {
+            eprintln!(
+                "warning: --dtype int8 quantizes the linear layers (docs/cpu.md, \"bf16 and int8\"): R@K can move by up to \
+                 about a point from f32; use f32 to reproduce published tables"
+            );
+        }
+    }
+
     fn options(&self) -> RunOptions {
         RunOptions {
             device: self.device.clone(),
@@ -107,6 +121,7 @@ impl RunArgs {
             cache_dir: (!self.no_cache).then(|| self.embeddings_cache.clone().unwrap_or_else(cache::default_dir)),
             text_path: self.text_path,
             progress: true,
+            dtype: self.dtype.clone(),
         }
     }
 }
@@ -197,6 +212,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         return eval_classification(args, start);
     }
     let data = args.data.load()?;
+    args.run.warn_dtype();
     let opts = args.run.options();
     let spec = RetrievalSpec {
         on_missing: args.data.on_missing,
@@ -245,6 +261,7 @@ fn eval_classification(args: EvalArgs, start: Instant) -> Result<()> {
         context_length: args.context_length,
         paper: run::paper_models(&args.paper_model, args.model.len())?,
     };
+    args.run.warn_dtype();
     let mut result = run::run_classification(&args.model, name, &set, &templates, &args.run.options(), &spec, &mut |m| {
         for note in &m.notes {
             eprintln!("note: {}", crate::term::escape_for_terminal(note));
@@ -312,6 +329,7 @@ pub fn probe(args: ProbeArgs) -> Result<()> {
     }
     let data = args.data.load()?;
     let (name, split) = (data.name.clone(), data.split.clone());
+    args.run.warn_dtype();
     let mut result = run::run_probe(&args.model, &data, &args.run.options(), &spec, &mut |m| {
         for note in &m.notes {
             eprintln!("note: {}", crate::term::escape_for_terminal(note));
@@ -350,7 +368,7 @@ pub fn classify(args: ClassifyArgs) -> Result<()> {
     if paths.is_empty() {
         bail!("{}: no images found", args.images.display());
     }
-    let opts = RunOptions { device: args.device.clone(), batch_size: args.batch_size, cache_dir: None, text_path: None, progress: true };
+    let opts = RunOptions { device: args.device.clone(), batch_size: args.batch_size, cache_dir: None, text_path: None, progress: true, dtype: "f32".into() };
     let label = run::model_labels(std::slice::from_ref(&args.model)).remove(0);
     let (m, _) = LoadedModel::load(&args.model, &label, &opts, false)?;
     let mut enc = m.encoder(&opts)?;

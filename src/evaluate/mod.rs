@@ -85,7 +85,14 @@ impl<'a> Encoder<'a> {
     /// `cache`: the cache folder and the model's fingerprint, or None.
     pub fn new(model: &'a LongClip, device: Device, batch_size: usize, cache: Option<(&Path, &str)>) -> Result<Self> {
         let dim = model.config.embed_dim;
-        let device_kind = if device.is_cpu() { "cpu" } else { "gpu" };
+        // Features of another compute dtype differ (int8 by up to a few
+        // thousandths of cosine): they get their own cache entries.
+        let base = if device.is_cpu() { "cpu" } else { "gpu" };
+        let device_kind = match model.precision {
+            crate::model::Precision::Float(DType::F32) => base.to_string(),
+            p => format!("{base}-{p}"),
+        };
+        let device_kind = device_kind.as_str();
         let (image_cache, text_cache) = match cache {
             Some((dir, fingerprint)) => (
                 Some(FeatureCache::open(dir, fingerprint, &format!("images-{IMAGE_PIPELINE}-{device_kind}"), dim)?),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use serde::Serialize;
 
 use super::{ClassificationReport, Encoder, ProbeRow, RetrievalReport, Timings, Unit};
@@ -33,11 +33,14 @@ pub struct RunOptions {
     pub text_path: Option<TextPath>,
     /// Progress bars on standard error.
     pub progress: bool,
+    /// Compute dtype ([`model::precision`]): f32 (the default, exact), bf16,
+    /// f16, or int8 (CPU only; moves R@K, docs/cpu.md).
+    pub dtype: String,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { device: "cpu".into(), batch_size: 32, cache_dir: None, text_path: None, progress: false }
+        RunOptions { device: "cpu".into(), batch_size: 32, cache_dir: None, text_path: None, progress: false, dtype: "f32".into() }
     }
 }
 
@@ -55,6 +58,8 @@ pub struct ModelInfo {
     pub positions: usize,
     /// `cpu`, or the GPU as candle names it.
     pub device: String,
+    /// What the encoders computed in (`f32`, `bf16`, `int8`, ...).
+    pub dtype: String,
     #[serde(skip)]
     pub config: Config,
 }
@@ -107,7 +112,8 @@ impl LoadedModel {
             p => (p, None),
         };
         let fingerprint = ckpt.fingerprint()?;
-        let model = LongClip::with_text_path(&ckpt, &device, DType::F32, text_path)?;
+        let precision = model::precision(&opts.dtype, &device)?;
+        let model = LongClip::with_text_path(&ckpt, &device, precision, text_path)?;
         let info = ModelInfo {
             path: path.to_path_buf(),
             label: label.to_string(),
@@ -116,6 +122,7 @@ impl LoadedModel {
             text_path: model.text_path,
             positions: model.text.context_length(),
             device: device_name(&device),
+            dtype: precision.to_string(),
             config: ckpt.config.clone(),
         };
         Ok((LoadedModel { info, model, device }, note))

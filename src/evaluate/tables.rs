@@ -76,9 +76,9 @@ pub fn multi_recall_table(models: &[ModelRetrieval]) -> String {
     recall_rows(&rows)
 }
 
-/// "model PATH (sha256:…, FG-CLIP long text path)".
+/// "model PATH (sha256:…, FG-CLIP long text path, f32)".
 fn model_line(m: &ModelInfo) -> String {
-    format!("{} ({}{})", term::path(&m.path), m.short_fingerprint(), m.family_note())
+    format!("{} ({}{}, {})", term::path(&m.path), m.short_fingerprint(), m.family_note(), m.dtype)
 }
 
 /// Everything `eval` prints for a retrieval run.
