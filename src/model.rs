@@ -205,12 +205,20 @@ fn is_cpu_f32(x: &Tensor) -> bool {
 /// kernels, else as candle ops.
 fn quick_gelu(h: &Tensor, kernels: Kernels) -> Result<Tensor> {
     if kernels == Kernels::Fused && is_cpu_f32(h) {
-        let h = h.contiguous()?;
-        let mut out = vec![0f32; h.elem_count()];
-        with_f32(&h, |x| elementwise::bias_quick_gelu(Isa::detect(), x, None, &mut out))?;
-        return Ok(Tensor::from_vec(out, h.shape(), h.device())?);
+        return fused_bias_quick_gelu(h, None);
     }
     Ok((h * candle_nn::ops::sigmoid(&(h * 1.702)?)?)?)
+}
+
+/// QuickGELU of `h + bias` in one pass (bias [w] over h's last dim).
+fn fused_bias_quick_gelu(h: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let h = h.contiguous()?;
+    let mut out = vec![0f32; h.elem_count()];
+    match bias {
+        Some(b) => with_f32(&h, |x| with_f32(b, |b| elementwise::bias_quick_gelu(Isa::detect(), x, Some(b), &mut out)))??,
+        None => with_f32(&h, |x| elementwise::bias_quick_gelu(Isa::detect(), x, None, &mut out))?,
+    }
+    Ok(Tensor::from_vec(out, h.shape(), h.device())?)
 }
 
 fn layer_norm(ln: &Norm, x: &Tensor) -> Result<Tensor> {
@@ -260,6 +268,21 @@ impl Dense {
             _ => inner.forward(&x)?,
         };
         Ok(y.to_dtype(DType::F32)?)
+    }
+}
+
+impl Dense {
+    /// f32 candle weights on the CPU, inference: `x · Wᵀ` without the bias,
+    /// and the bias, so the next element-wise pass can add it (one pass over
+    /// the [b, l, 4w] activations instead of two). None otherwise.
+    fn forward_unbiased(&self, x: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        let Kernel::Candle(inner) = &self.kernel else { return Ok(None) };
+        let Some(bias) = inner.bias() else { return Ok(None) };
+        if self.flatten || self.dtype != DType::F32 || !is_cpu_f32(x) {
+            return Ok(None);
+        }
+        let weight_only = Linear::new(inner.weight().clone(), None);
+        Ok(Some((weight_only.forward(x)?, bias.clone())))
     }
 }
 
@@ -403,12 +426,18 @@ impl Block {
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let attn = self.attn.forward(&layer_norm(&self.ln_1, x)?, mask)?;
         let (x, normed) = self.ln_2.forward_residual(x, &attn)?;
-        let h = self.c_fc.forward(&normed)?;
-        let h = match self.activation {
-            // Training keeps candle's ops (ours have no backward).
-            Activation::QuickGelu if self.attn.differentiable => quick_gelu(&h, Kernels::Candle)?,
-            Activation::QuickGelu => quick_gelu(&h, self.ln_2.kernels)?,
-            Activation::Gelu => h.gelu_erf()?,
+        let fuse_bias = self.activation == Activation::QuickGelu && !self.attn.differentiable && self.ln_2.kernels == Kernels::Fused;
+        let h = match self.c_fc.forward_unbiased(&normed)? {
+            Some((h, bias)) if fuse_bias => fused_bias_quick_gelu(&h, Some(&bias))?,
+            _ => {
+                let h = self.c_fc.forward(&normed)?;
+                match self.activation {
+                    // Training keeps candle's ops (ours have no backward).
+                    Activation::QuickGelu if self.attn.differentiable => quick_gelu(&h, Kernels::Candle)?,
+                    Activation::QuickGelu => quick_gelu(&h, self.ln_2.kernels)?,
+                    Activation::Gelu => h.gelu_erf()?,
+                }
+            }
         };
         Ok((x + self.c_proj.forward(&h)?)?)
     }
