@@ -86,17 +86,24 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let head = json!({"model": args.model, "device": args.device, "dtype": precision.name()});
     println!("{head}");
 
+    let peak = match (args.peak_tflops, device.is_cpu()) {
+        (Some(p), _) => Some(p),
+        (None, true) => {
+            // The machine's own f32 FMA loop on every thread: how close each tower comes to it.
+            let (gflops, isa) = crate::kernels::peak::fma_peak_gflops(1.0);
+            println!("{}", json!({"what": "f32 FMA peak (all threads)", "tflops": gflops / 1e3, "isa": isa, "threads": rayon::current_num_threads()}));
+            Some(gflops / 1e3)
+        }
+        (None, false) => None,
+    };
+
     let vision = time_vision(&model, &device, &args)?;
-    let flops = vision_flops(&model.config);
-    let mut line = json!({"what": format!("vision tower, batch {}", args.image_batch), "per_second": vision, "unit": "images/s",
-                          "tflops": vision * flops / 1e12});
-    if let Some(peak) = args.peak_tflops {
-        line["share_of_peak"] = json!(vision * flops / 1e12 / peak);
-    }
-    println!("{line}");
+    let what = format!("vision tower, batch {}", args.image_batch);
+    println!("{}", rate_line(&what, vision, "images/s", vision_flops(&model.config), peak));
 
     let texts = time_text(&model, &device, &args)?;
-    println!("{}", json!({"what": format!("text {} tokens, batch {}", args.text_tokens, args.text_batch), "per_second": texts, "unit": "texts/s"}));
+    let what = format!("text {} tokens, batch {}", args.text_tokens, args.text_batch);
+    println!("{}", rate_line(&what, texts, "texts/s", text_flops(&model.config, args.text_tokens), peak));
 
     if let Some(dir) = &args.images {
         let rate = time_end_to_end(&model, &device, dir, &args)?;
@@ -129,6 +136,27 @@ fn parity(args: &BenchArgs, ckpt: &checkpoint::Checkpoint, device: &Device) -> R
         bail!("parity: {failed} of {} comparisons below their bound", rows.len());
     }
     Ok(())
+}
+
+/// One JSON line: items per second, TFLOP/s at `flops` per item, and the
+/// share of `peak` TFLOP/s when known.
+fn rate_line(what: &str, per_second: f64, unit: &str, flops: f64, peak: Option<f64>) -> serde_json::Value {
+    let tflops = per_second * flops / 1e12;
+    let mut line = json!({"what": what, "per_second": per_second, "unit": unit, "tflops": tflops});
+    if let Some(peak) = peak {
+        line["share_of_peak"] = json!(tflops / peak);
+    }
+    line
+}
+
+/// FLOPs of one text of `tokens` tokens through the text tower: the dense
+/// count (the causal half of attention that our kernel skips is counted, as
+/// PyTorch computes it), multiply-adds as two.
+pub fn text_flops(config: &Config, tokens: usize) -> f64 {
+    let t = &config.text;
+    let (l, w) = (tokens as f64, t.width as f64);
+    let per_layer = 2.0 * l * (4.0 * w * w + 2.0 * w * (4.0 * w)) + 4.0 * l * l * w;
+    per_layer * t.layers as f64 + 2.0 * w * config.embed_dim as f64
 }
 
 /// Multiply-adds count as two FLOPs: the convention of peak TFLOP/s figures.
