@@ -225,7 +225,11 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         _ => Storage::Official,
     };
     let family = match &metadata.config {
-        Some(c) => c.family,
+        Some(c) if storage == Storage::Official => {
+            family::check_recorded_official(&raw, path, c.family)?;
+            c.family
+        }
+        Some(c) => family::resolve(&raw, storage, path, Some(c.family))?,
         None => {
             let recorded = metadata.hf_config.as_ref().map(|hf| recorded_family(hf, path)).transpose()?.flatten();
             family::resolve(&raw, storage, path, recorded)?
@@ -242,7 +246,10 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     // A bare HF state dict (GOAL's .pth) takes heads and activation from the
     // base model's config.json beside it, as the official code loads it.
     let hf_config = match storage {
-        Storage::HfTorchZip => metadata.hf_config.or_else(|| family::goal::base_config(path)),
+        Storage::HfTorchZip => match metadata.hf_config {
+            Some(hf) => Some(hf),
+            None => family::goal::base_config(path)?,
+        },
         _ => metadata.hf_config,
     };
     let config = match (metadata.config, hf_config) {
@@ -252,7 +259,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     };
     let (tensors, ignored) = keep_model_keys(tensors, &config);
     let ckpt = Checkpoint { path: path.to_path_buf(), format, config, tensors, ignored };
-    check_shapes(&ckpt)?;
+    check_shapes(&ckpt, storage != Storage::Official)?;
     Ok(ckpt)
 }
 
@@ -689,11 +696,21 @@ fn infer_config_with_heads(tensors: &Tensors, path: &Path, heads: [Option<usize>
             None => official_heads(twidth, "text", path)?,
         },
         mlp_width: dims(tensors, "transformer.resblocks.0.mlp.c_fc.weight", path)?[0],
-        context_length: dims(tensors, "positional_embedding", path)?[0],
+        // Long-CLIP and FG-CLIP: the second table holds the long positions
+        // (so a cut first table is the one reported).
+        context_length: match tensors.get(family::longclip::RES_KEY) {
+            Some(res) => res.dims()[0],
+            None => dims(tensors, "positional_embedding", path)?[0],
+        },
         vocab_size: dims(tensors, "token_embedding.weight", path)?[0],
         keep_positions: KEEP_POSITIONS,
     };
-    let embed_dim = *dims(tensors, "text_projection", path)?.last().unwrap_or(&0);
+    // From the image side when there is one, so a bad text projection (of
+    // either path) is the one reported.
+    let embed_dim = match tensors.get("visual.proj") {
+        Some(p) => *p.dims().last().unwrap_or(&0),
+        None => *dims(tensors, "text_projection", path)?.last().unwrap_or(&0),
+    };
     Ok(Config { embed_dim, text, vision, activation: Activation::QuickGelu, family: Family::LongClip })
 }
 
@@ -709,19 +726,43 @@ fn official_heads(width: usize, tower: &str, path: &Path) -> Result<usize> {
 }
 
 fn config_from_hf(hf: &serde_json::Value, tensors: &Tensors, path: &Path) -> Result<Config> {
-    let get = |section: &str, key: &str| hf.get(section).and_then(|s| s.get(key)).and_then(|v| v.as_u64());
-    let heads = [get("text_config", "num_attention_heads"), get("vision_config", "num_attention_heads")].map(|h| h.map(|h| h as usize));
+    let heads = [hf_count(hf, Some("text_config"), "num_attention_heads", path)?, hf_count(hf, Some("vision_config"), "num_attention_heads", path)?];
     let mut config = infer_config_with_heads(tensors, path, heads)?;
-    if let Some(k) = hf.get(HF_KEEP_KEY).and_then(|v| v.as_u64()) {
-        config.text.keep_positions = k as usize;
+    if let Some(k) = hf_count(hf, None, HF_KEEP_KEY, path)? {
+        config.text.keep_positions = k;
     }
-    let act = hf.get("text_config").and_then(|s| s.get("hidden_act")).and_then(|v| v.as_str());
+    let act = match hf.get("text_config").and_then(|s| s.get("hidden_act")) {
+        None => None,
+        Some(v) => Some(v.as_str().with_context(|| {
+            format!("{}: config.json's 'text_config.hidden_act' is {v}, expected a string such as \"quick_gelu\"", path.display())
+        })?),
+    };
     config.activation = match act {
         None | Some("quick_gelu") => Activation::QuickGelu,
         Some("gelu") => Activation::Gelu,
         Some(other) => bail!("{}: unsupported hidden_act '{other}' in config.json", path.display()),
     };
     Ok(config)
+}
+
+/// A positive integer field of an HF config.json (`section.key`, or `key`
+/// at the top level), if present; any other JSON value is an error naming
+/// config.json and the field rather than a value silently ignored.
+fn hf_count(hf: &serde_json::Value, section: Option<&str>, key: &str, path: &Path) -> Result<Option<usize>> {
+    let value = match section {
+        Some(s) => hf.get(s).and_then(|s| s.get(key)),
+        None => hf.get(key),
+    };
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    match value.as_u64() {
+        Some(n) if n > 0 => Ok(Some(n as usize)),
+        _ => {
+            let field = section.map_or(key.to_string(), |s| format!("{s}.{key}"));
+            bail!("{}: config.json's '{field}' is {value}, expected a positive integer", path.display())
+        }
+    }
 }
 
 /// Every tensor the model reads, with its expected shape.
@@ -789,7 +830,10 @@ fn keep_model_keys(mut tensors: Tensors, config: &Config) -> (Tensors, Vec<Strin
     (kept, ignored)
 }
 
-fn check_shapes(ckpt: &Checkpoint) -> Result<()> {
+/// Checks every tensor the model reads against the config. `hf`: the file
+/// used HF names, and errors give its key (and its layout, for the
+/// transposed projections) rather than ours.
+fn check_shapes(ckpt: &Checkpoint, hf: bool) -> Result<()> {
     let c = &ckpt.config;
     for (tower, heads, width) in [("text", c.text.heads, c.text.width), ("vision", c.vision.heads, c.vision.width)] {
         if heads == 0 || width % heads != 0 {
@@ -808,15 +852,24 @@ fn check_shapes(ckpt: &Checkpoint) -> Result<()> {
         );
     }
     for (key, shape) in expected_shapes(c, ckpt.is_long_clip()) {
+        let (name, transposed) = if hf { file_key(&key, c.family) } else { (key.clone(), false) };
+        let stored = |dims: &[usize]| -> Vec<usize> {
+            let mut d = dims.to_vec();
+            if transposed {
+                d.reverse();
+            }
+            d
+        };
         match ckpt.tensors.get(&key) {
-            None => bail!("{}: missing tensor '{key}' (expected shape {shape:?})", ckpt.path.display()),
+            None => bail!("{}: missing tensor '{name}' (expected shape {:?})", ckpt.path.display(), stored(&shape)),
             Some(t) if t.dims() != shape.as_slice() => bail!(
-                "{}: tensor '{key}' has shape {:?}, expected {shape:?}",
+                "{}: tensor '{name}' has shape {:?}, expected {:?}",
                 ckpt.path.display(),
-                t.dims()
+                stored(t.dims()),
+                stored(&shape)
             ),
             Some(t) if !t.dtype().is_float() => bail!(
-                "{}: tensor '{key}' has dtype {:?}, expected a float type",
+                "{}: tensor '{name}' has dtype {:?}, expected a float type",
                 ckpt.path.display(),
                 t.dtype()
             ),
@@ -824,6 +877,46 @@ fn check_shapes(ckpt: &Checkpoint) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The HF key a file stores an official-named tensor under (the family's
+/// own names first), and whether it is stored transposed (`nn.Linear`
+/// projections). The attention's `in_proj_weight` is three HF tensors.
+fn file_key(official: &str, family: Family) -> (String, bool) {
+    use family::fgclip;
+    if family == Family::FgClip {
+        let own = match official {
+            "positional_embedding" => Some((fgclip::ORI_KEY, false)),
+            family::longclip::RES_KEY => Some((fgclip::RES_KEY, false)),
+            "text_projection" => Some((fgclip::FILIP_KEY, true)),
+            fgclip::SHORT_POSITIONS_NAME => Some((fgclip::SHORT_POSITION_KEY, false)),
+            fgclip::SHORT_PROJECTION_NAME => Some((fgclip::SHORT_PROJECTION_KEY, true)),
+            _ => None,
+        };
+        if let Some((key, transposed)) = own {
+            return (key.to_string(), transposed);
+        }
+    }
+    if let Some((from, _)) = TOP_RENAMES.iter().find(|(_, to)| *to == official) {
+        return (from.to_string(), false);
+    }
+    match official {
+        "text_projection" => return ("text_projection.weight".into(), true),
+        "visual.proj" => return ("visual_projection.weight".into(), true),
+        _ => {}
+    }
+    for (hf_prefix, prefix) in TOWERS {
+        let Some((layer, rest)) = official.strip_prefix(prefix).and_then(|r| r.split_once('.')) else {
+            continue;
+        };
+        if let Some((from, _)) = layer_renames().find(|(_, to)| *to == rest) {
+            return (format!("{hf_prefix}{layer}.{from}"), false);
+        }
+        if let Some(kind) = rest.strip_prefix("attn.in_proj_") {
+            return (format!("{hf_prefix}{layer}.self_attn.{{q,k,v}}_proj.{kind} (stacked)"), false);
+        }
+    }
+    (official.to_string(), false)
 }
 
 // ---------------------------------------------------------------------------

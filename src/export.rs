@@ -24,17 +24,30 @@ pub fn temp_path(path: &Path) -> PathBuf {
 /// Writes bytes to `path` atomically (temporary file, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))
+    // Errors name the file asked for; the temporary name is ours.
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("{}: cannot write", path.display()));
+    }
+    rename_into_place(&tmp, path)
+}
+
+fn rename_into_place(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::rename(tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        anyhow::Error::new(e).context(format!("{}: cannot write (rename into place failed)", path.display()))
+    })
 }
 
 fn write_safetensors(tensors: Vec<(String, Tensor)>, metadata: HashMap<String, String>, path: &Path) -> Result<()> {
     let tmp = temp_path(path);
     let views: Vec<(String, Tensor)> =
         tensors.into_iter().map(|(k, t)| Ok((k, t.contiguous()?))).collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, Some(metadata), &tmp)
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))
+    if let Err(e) = safetensors::serialize_to_file(views, Some(metadata), &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("{}: cannot write", path.display()));
+    }
+    rename_into_place(&tmp, path)
 }
 
 /// Our own format: official names in their stored dtypes, and the config
@@ -95,7 +108,7 @@ pub fn write_hf_dir(ckpt: &Checkpoint, dir: &Path, dtype: DType) -> Result<()> {
         bail!("{}: already exists and is not empty", dir.display());
     }
     let tmp = temp_path(dir);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", dir.display()))?;
     let tensors = official_to_hf(ckpt)?
         .into_iter()
         .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))

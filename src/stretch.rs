@@ -113,7 +113,20 @@ pub fn stretch_checkpoint(ckpt: Checkpoint) -> Result<Checkpoint> {
 ///
 /// A plain CLIP is stretched in fp16 as `load_from_clip` does; a Long-CLIP
 /// in fp16 when its tables are fp16, in f32 otherwise.
+///
+/// Errors on an FG-CLIP or GOAL checkpoint (their long tables are trained
+/// at 248 rows, not stretched) and when `keep + 2` exceeds the positions.
 pub fn stretch_checkpoint_with(mut ckpt: Checkpoint, keep: usize, ratio: usize) -> Result<Checkpoint> {
+    // FG-CLIP and GOAL ship their long tables already trained at 248 rows,
+    // and their other tables would not follow a stretched merged table.
+    let family = ckpt.config.family;
+    if family != crate::family::Family::LongClip {
+        bail!(
+            "{}: `stretch` is Long-CLIP's knowledge-preserved stretching; this is a {family} checkpoint, \
+             whose long position table is already trained (see docs/families.md)",
+            ckpt.path.display()
+        );
+    }
     let len = ckpt.config.text.context_length;
     if len < keep + 2 {
         bail!(

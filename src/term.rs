@@ -88,3 +88,29 @@ mod tests {
         assert_eq!(path(Path::new("dir/a\nb.png")), "dir/a\\nb.png");
     }
 }
+
+/// Makes a closed stdout (`longclip info ... | head -1`) end the program
+/// quietly with status 0, as ripgrep does, instead of the panic `println!`
+/// raises on `EPIPE` (Rust ignores SIGPIPE, so writes fail with an error).
+/// Other panics keep the default hook.
+pub fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload_as_str().unwrap_or_default();
+        if msg.starts_with("failed printing to stdout") && is_broken_pipe_text(msg) {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
+/// Whether an error (or one it wraps) is a write to a closed pipe.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// `std::io::Error`'s text for `EPIPE`, as the print panic carries it.
+fn is_broken_pipe_text(msg: &str) -> bool {
+    let epipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe).to_string();
+    msg.contains("Broken pipe") || msg.contains(&epipe) || msg.contains("os error 32")
+}

@@ -217,3 +217,22 @@ fn bench_prints_one_json_line_per_measurement() {
     let err = fails(&["bench", "--model", s(&model()), "--text-tokens", "1000", "--iters", "1", "--image-batch", "1"]);
     assert!(err.contains("--text-tokens must be between 2 and 248"), "{err}");
 }
+
+/// `longclip info ... | head -1`: a reader that goes away ends the program
+/// quietly (status 0, as ripgrep), with no panic about the broken pipe.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_longclip"))
+        .args(["info", "--model", s(&model())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the model is loaded, so every line hits a closed pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}

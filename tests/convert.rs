@@ -310,3 +310,17 @@ fn convert_to_safetensors_keeps_or_sets_the_dtype() {
     let (a, b) = (features(&original), features(&back));
     assert_rows_cosine("f16 safetensors text", &b.0, &a.0, 0.999);
 }
+
+/// A write that fails names the file asked for, not our temporary sibling,
+/// and leaves nothing behind.
+#[test]
+fn a_failed_write_names_the_final_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("missing-dir/model.safetensors");
+    let err = fails(&["convert", "--model", s(&fixture("tiny-longclip.pt")), "--out", s(&out)]);
+    assert!(err.contains(&format!("{}: cannot write", out.display())) && !err.contains(".tmp-"), "{err}");
+    let json = tmp.path().join("missing-dir/r.json");
+    let err = format!("{:#}", longclip::export::write_atomic(&json, b"{}").unwrap_err());
+    assert!(err.contains(&format!("{}: cannot write", json.display())) && !err.contains(".tmp-"), "{err}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}

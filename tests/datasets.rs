@@ -116,7 +116,7 @@ fn sharegpt4v_takes_the_first_records_and_flattens_newlines() {
     };
     let json = serde_json::Value::Array((0..5).map(rec).collect());
     write(&root.join("share-captioner_coco_lcs_sam_1246k_1107.json"), json.to_string());
-    let opts = LoadOptions { limit: 3, ..Default::default() };
+    let opts = LoadOptions { limit: Some(3), ..Default::default() };
     let d = datasets::load("sharegpt4v", root, &opts).unwrap();
     assert_eq!(d.images.len(), 3);
     assert_eq!(d.images[2], root.join("coco/train2017/2.jpg"));

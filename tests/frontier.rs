@@ -277,6 +277,30 @@ fn families_survive_our_safetensors() {
     }
 }
 
+/// Our metadata's family is checked against the tensors, as an HF
+/// config.json's is: a relabelled file is refused, not read as another model.
+#[test]
+fn a_family_in_our_metadata_that_the_tensors_cannot_be_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clip77 = checkpoint::load(&fixture("tiny-clip77.pt")).unwrap();
+    let long = checkpoint::load(&fixture("tiny-longclip.pt")).unwrap();
+    for (name, mut ckpt, family, reads_as) in [
+        ("clip77-as-goal", clip77, Family::Goal, "Long-CLIP"),
+        ("fg-as-goal", fgclip(), Family::Goal, "FG-CLIP"),
+        ("fg-as-long", fgclip(), Family::LongClip, "FG-CLIP"),
+        ("long-as-fg", long, Family::FgClip, "Long-CLIP"),
+    ] {
+        ckpt.config.family = family;
+        let path = tmp.path().join(format!("{name}.safetensors"));
+        longclip::export::save_checkpoint(&ckpt, &path).unwrap();
+        let err = format!("{:#}", checkpoint::load(&path).err().unwrap_or_else(|| panic!("{name} loaded")));
+        assert!(
+            err.contains("'longclip.config' metadata records the") && err.contains(&format!("read as {reads_as}")) && err.contains(name),
+            "{name}: {err}"
+        );
+    }
+}
+
 #[test]
 fn old_manifests_read_as_long_clip() {
     let old = r#"{"path": "/m.pt", "fingerprint": "sha256:00", "embed_dim": 512, "image_size": 224, "context_length": 248}"#;
@@ -311,6 +335,33 @@ fn fgclip_table_without_its_projection_names_the_key() {
     assert!(err.contains("'text_filip_projection.weight'"), "{err}");
 }
 
+/// Shape errors name the file's own key, in the file's layout, with the
+/// shape the other tensors imply.
+#[test]
+fn fgclip_shape_errors_name_the_files_keys() {
+    const ORI: &str = "text_model.embeddings.position_embedding_ori.weight";
+    const FILIP: &str = "text_filip_projection.weight";
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = candle_core::safetensors::load(frontier("fg-clip-tiny/model.safetensors"), &Device::Cpu).unwrap();
+    let (rows, width) = tensors[ORI].dims2().unwrap();
+    let (embed, w) = tensors[FILIP].dims2().unwrap();
+    assert_eq!(w, width);
+    let dir = edited_fgclip(tmp.path(), |t| {
+        let cut = t[ORI].narrow(0, 0, 100).unwrap();
+        t.insert(ORI.into(), cut);
+    });
+    let err = format!("{:#}", checkpoint::load(&dir).err().unwrap());
+    assert!(err.contains(&format!("tensor '{ORI}' has shape [100, {width}], expected [{rows}, {width}]")), "{err}");
+    let other = tmp.path().join("transposed");
+    std::fs::create_dir_all(&other).unwrap();
+    let dir = edited_fgclip(&other, |t| {
+        let flipped = t[FILIP].t().unwrap().contiguous().unwrap();
+        t.insert(FILIP.into(), flipped);
+    });
+    let err = format!("{:#}", checkpoint::load(&dir).err().unwrap());
+    assert!(err.contains(&format!("tensor '{FILIP}' has shape [{width}, {embed}], expected [{embed}, {width}]")), "{err}");
+}
+
 #[test]
 fn a_checkpoint_mixing_families_names_the_keys() {
     let tmp = tempfile::tempdir().unwrap();
@@ -320,6 +371,27 @@ fn a_checkpoint_mixing_families_names_the_keys() {
     });
     let err = format!("{:#}", checkpoint::load(&dir).err().unwrap());
     assert!(err.contains("mixes model families") && err.contains("positional_embedding_res"), "{err}");
+}
+
+/// A config.json that is not JSON, or whose fields have the wrong type, is
+/// an error naming config.json and the field, not silently ignored.
+#[test]
+fn a_bad_config_json_names_the_file_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let goal_dir = tmp.path().join("goal");
+    std::fs::create_dir_all(&goal_dir).unwrap();
+    std::fs::copy(frontier("goal-tiny/goal-tiny.pth"), goal_dir.join("goal-tiny.pth")).unwrap();
+    std::fs::write(goal_dir.join("config.json"), "{bad json").unwrap();
+    let err = format!("{:#}", checkpoint::load(&goal_dir.join("goal-tiny.pth")).err().unwrap());
+    assert!(err.contains("config.json:1:") && err.contains("invalid JSON"), "{err}");
+
+    let dir = edited_fgclip(tmp.path(), |_| {});
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&config).unwrap();
+    json["text_config"]["num_attention_heads"] = "2".into();
+    std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+    let err = format!("{:#}", checkpoint::load(&dir).err().unwrap());
+    assert!(err.contains("config.json's 'text_config.num_attention_heads' is \"2\", expected a positive integer"), "{err}");
 }
 
 // ---------------------------------------------------------------------------
@@ -406,6 +478,17 @@ fn fine_tuning_refuses_other_families() {
 }
 
 #[test]
+fn stretch_refuses_other_families() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (model, name) in [(frontier("fg-clip-tiny"), "FG-CLIP"), (frontier("goal-tiny/goal-tiny.pth"), "GOAL")] {
+        let out = tmp.path().join("stretched.safetensors");
+        let err = fails(&["stretch", "--model", s(&model), "--out", s(&out)]);
+        assert!(err.contains("Long-CLIP's knowledge-preserved stretching") && err.contains(name), "{err}");
+        assert!(!out.exists(), "{name}: nothing written");
+    }
+}
+
+#[test]
 fn search_takes_fgclip_text_paths() {
     let tmp = tempfile::tempdir().unwrap();
     let images = copy_images(tmp.path());
@@ -443,6 +526,29 @@ fn probe_cuts_captions_with_the_family_tokenizer() {
     let probe: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(probe["models"][0]["timings"]["texts_encoded"], 0, "{probe}");
     assert_eq!(probe["models"][0]["timings"]["texts_cached"], 4, "{probe}");
+}
+
+/// `probe --text-path short` says which path ran, in its table, JSON and
+/// CSV, as `eval` does.
+#[test]
+fn probe_records_the_family_and_text_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("urban");
+    ok(&["synth", "--out", s(&data), "--n", "4", "--seed", "3"]);
+    let (json, csv) = (tmp.path().join("probe.json"), tmp.path().join("probe.csv"));
+    let out = ok(&[
+        "probe", "--model", s(&frontier("fg-clip-tiny")), "--dataset", "urban1k", "--root", s(&data), "--no-cache", "--lengths", "20,77",
+        "--text-path", "short", "--json", s(&json), "--csv", s(&csv),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FG-CLIP short text path"), "{stdout}");
+    let probe: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for v in [&probe["models"][0], &probe["rows"][0], &probe["rows"][1]] {
+        assert_eq!((v["family"].as_str(), v["text_path"].as_str()), (Some("FG-CLIP"), Some("short")), "{probe}");
+    }
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].ends_with(",family,text_path") && lines[1].ends_with(",FG-CLIP,short"), "{csv}");
 }
 
 // ---------------------------------------------------------------------------

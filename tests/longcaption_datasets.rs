@@ -137,6 +137,12 @@ fn dci_bad_input_names_the_file_and_row() {
     std::fs::write(&ann, r#"{"extra_caption": "no image"}"#).unwrap();
     let e = err(load("dci", root, Some("fgclip")));
     assert!(e.contains("sa_102.json") && e.contains("image"), "{e}");
+    // No extra_caption key at all: a malformed file, not an empty caption.
+    std::fs::write(&ann, r#"{"image": "sa_102.jpg", "short_caption": "s"}"#).unwrap();
+    for split in ["long", "fgclip"] {
+        let e = err(load("dci", root, Some(split)));
+        assert!(e.contains("sa_102.json") && e.contains("extra_caption"), "{split}: {e}");
+    }
     // splits.json naming a file that is not there.
     std::fs::write(root.join("densely_captioned_images/splits.json"), r#"{"test": ["sa_999.json"]}"#).unwrap();
     let e = err(load("dci", root, Some("lotlip")));
@@ -168,6 +174,8 @@ fn docci_bad_input_names_the_file_and_line() {
     let root = dir.path();
     let e = err(load("docci", root, Some("val")));
     assert!(e.contains("no record has split 'val'") && e.contains("test (3)") && e.contains("qual_test (1)"), "{e}");
+    let e = err(load("docci", root, Some("test,")));
+    assert!(e.contains("--split 'test,': an empty split name"), "{e}");
     let file = root.join("docci_descriptions.jsonlines");
     let good = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, format!("{good}{{\"split\": \"test\", \"image_file\": \"x.jpg\"}}\n")).unwrap();
@@ -281,28 +289,43 @@ fn sharegpt4v_10k_is_named_and_warns_about_long_clips_training_data() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     sharegpt4v_file(root, 1003);
-    let with_limit = |limit| datasets::load("sharegpt4v", root, &LoadOptions { limit, ..Default::default() }).unwrap();
+    let load = |split: Option<&str>, limit: Option<usize>| {
+        datasets::load("sharegpt4v", root, &LoadOptions { split: split.map(str::to_string), limit, ..Default::default() })
+    };
     // The default 1k: no warning.
-    let k1 = with_limit(1000);
+    let k1 = load(None, None).unwrap();
     assert_eq!((k1.split.as_str(), k1.images.len()), ("1k", 1000));
     assert!(k1.warnings.is_empty());
-    // 10k on a short file: all records used, said in a note; records from
-    // 1,000 on are Long-CLIP's training data, said in a warning.
-    let k10 = with_limit(10000);
-    assert_eq!((k10.split.as_str(), k10.images.len()), ("10k", 1003));
-    assert!(k10.notes[0].contains("has only 1003 records"), "{:?}", k10.notes);
-    assert!(k10.warnings[0].contains("records 1000 to 1002") && k10.warnings[0].contains("Long-CLIP's training data"), "{:?}", k10.warnings);
-    assert_eq!(with_limit(500).split, "first 500");
+    assert_eq!(load(Some("1k"), Some(1000)).unwrap().split, "1k");
+    // 10k on a short file: all records used and labelled by what ran, with a
+    // warning; records from 1,000 on are Long-CLIP's training data, also warned.
+    for (split, limit) in [(Some("10k"), None), (None, Some(10000))] {
+        let k10 = load(split, limit).unwrap();
+        assert_eq!((k10.split.as_str(), k10.images.len()), ("first 1003", 1003));
+        assert!(k10.warnings[0].contains("has only 1003 records") && k10.warnings[0].contains("(10k)"), "{:?}", k10.warnings);
+        assert!(k10.warnings[1].contains("records 1000 to 1002") && k10.warnings[1].contains("Long-CLIP's training data"), "{:?}", k10.warnings);
+    }
+    assert_eq!(load(None, Some(500)).unwrap().split, "first 500");
+    // A split fixes the number of records: a different --limit, or an
+    // unknown split, is an error rather than a mislabelled run.
+    let e = load(Some("1k"), Some(10000)).unwrap_err().to_string();
+    assert!(e.contains("--split 1k is the first 1000 records") && e.contains("10000"), "{e}");
+    let e = load(Some("5k"), None).unwrap_err().to_string();
+    assert!(e.contains("unknown ShareGPT4V split '5k'"), "{e}");
 
     // The CLI prints the warning (images: three present, the rest skipped).
     for i in 0..3 {
         image::RgbImage::from_pixel(8, 6, image::Rgb([i * 60, 20, 200])).save(root.join(format!("{i}.png"))).unwrap();
     }
     let out = ok(&[
-        "eval", "--model", s(&fixture("tiny-longclip.pt")), "--dataset", "sharegpt4v", "--root", s(root), "--limit", "10000",
+        "eval", "--model", s(&fixture("tiny-longclip.pt")), "--dataset", "sharegpt4v", "--root", s(root), "--split", "10k",
         "--on-missing", "skip", "--no-cache",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("warning: ShareGPT4V records 1000 to 1002") && stderr.contains("training data"), "{stderr}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("sharegpt4v (10k): 3 images, 3 texts"));
+    assert!(stderr.contains("has only 1003 records"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("sharegpt4v (first 1003): 3 images, 3 texts"), "{stdout}");
+    let err = fails(&["eval", "--model", s(&fixture("tiny-longclip.pt")), "--dataset", "sharegpt4v", "--root", s(root), "--split", "1k", "--limit", "10000"]);
+    assert!(err.contains("--split 1k is the first 1000 records"), "{err}");
 }

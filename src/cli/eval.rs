@@ -28,7 +28,7 @@ pub struct DatasetArgs {
     root: PathBuf,
     /// coco: val2017 (default, the official protocol) or karpathy; flickr30k: full (default) or karpathy;
     /// dci: long (default, Long-DCI), fgclip, lotlip or goal; docci: test (default), qual_test, test,qual_test or goal;
-    /// iiw: lotlip (default, 612 pairs), docci_test, iiw400 or dci_test.
+    /// iiw: lotlip (default, 612 pairs), docci_test, iiw400 or dci_test; sharegpt4v: 1k (default) or 10k.
     #[arg(long)]
     split: Option<String>,
     /// Where image paths are relative to, if not the layout's usual folder.
@@ -40,10 +40,10 @@ pub struct DatasetArgs {
     /// csv / jsonl: the caption column.
     #[arg(long, default_value = "caption")]
     caption_column: String,
-    /// sharegpt4v: records from the start of the file that form the test set (1000: split 1k; 10000: split 10k,
-    /// whose records 1k-10k are in Long-CLIP's training data).
-    #[arg(long, default_value_t = 1000)]
-    limit: usize,
+    /// sharegpt4v: records from the start of the file that form the test set, when not given by --split
+    /// (1k: 1000, the default; 10k: 10000, whose records 1k-10k are in Long-CLIP's training data).
+    #[arg(long)]
+    limit: Option<usize>,
     /// coco / flickr30k: captions per image (0 = all).
     #[arg(long, default_value_t = 5)]
     max_captions: usize,

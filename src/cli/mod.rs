@@ -76,7 +76,8 @@ enum Command {
     },
     /// Write a Hugging Face model directory (a CLIPModel with one merged position table, the Long-CLIP split in
     /// config.json's longclip_keep_positions; FG-CLIP keeps both text paths under its own keys), or our safetensors
-    /// when --out ends in .safetensors. Both record the model family (config.json's longclip_family).
+    /// when --out ends in .safetensors. Both record the model family (an HF directory in config.json's
+    /// longclip_family, our safetensors in its longclip.config metadata).
     Convert {
         #[arg(long)]
         model: PathBuf,
@@ -402,9 +403,11 @@ fn info(ckpt: &Checkpoint, json: bool) -> Result<()> {
 
 /// For `main`: runs and turns errors into `longclip: ...` on stderr.
 pub fn main_entry() -> std::process::ExitCode {
+    crate::term::exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if crate::term::is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Escaped here once for every error; line breaks are kept because some
             // messages are lists on purpose (their items are escaped where made).

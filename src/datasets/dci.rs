@@ -53,7 +53,8 @@ struct Annotation {
     image: String,
     #[serde(default)]
     short_caption: String,
-    #[serde(default)]
+    /// Required: the official loaders index it (`KeyError` without it); an
+    /// empty string is a caption the protocols handle (left out or kept).
     extra_caption: String,
 }
 

@@ -47,6 +47,9 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
         return load_goal_list(&dir, "docci_test.json", &image_dir);
     }
     let wanted: Vec<&str> = split.split(',').map(str::trim).collect();
+    if wanted.iter().any(|w| w.is_empty()) {
+        bail!("--split '{split}': an empty split name; give DOCCI splits separated by commas (e.g. test,qual_test)");
+    }
     let mut data = Dataset { split: split.clone(), ..Default::default() };
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for (line, r) in read_jsonl::<Record>(&path)? {

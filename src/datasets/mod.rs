@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `coco` | `annotations/captions_val2017.json` + `val2017/` (any `--split` with that pattern), or `--split karpathy` with `dataset_coco.json` | first 5 per image |
 //! | `flickr30k` | `--split full`: `results_20130124.token` + `flickr30k-images/`; `--split karpathy`: `dataset_flickr30k.json` | 5 per image |
-//! | `sharegpt4v` | `share-captioner_coco_lcs_sam_1246k_1107.json` + images under the root | first 1,000 records (`--limit 10000`: 10k), `conversations[1].value` |
+//! | `sharegpt4v` | `share-captioner_coco_lcs_sam_1246k_1107.json` + images under the root | first 1,000 records (`--split 10k`: 10,000; `--limit N`: N), `conversations[1].value` |
 //! | `urban1k`, `urban200` | `image/N.jpg` + `caption/N.txt` | first line |
 //! | `dci` | `--split long` (Long-DCI, TULIP), `fgclip`, `lotlip`: DCI's `densely_captioned_images/` (+ Long-DCI's `dci_long.csv`) | `extra_caption` (lotlip: `short_caption` + `extra_caption`) |
 //! | `docci` | `docci_descriptions.jsonlines` + `images/`, `--split test` (5,000) or `qual_test` | `description` |
@@ -138,8 +138,9 @@ pub struct LoadOptions {
     /// csv / jsonl column names.
     pub image_column: String,
     pub caption_column: String,
-    /// ShareGPT4V: how many records from the start form the test set.
-    pub limit: usize,
+    /// ShareGPT4V: how many records from the start form the test set (None:
+    /// as `split` says, 1,000 without one; see [`sharegpt4v::records_wanted`]).
+    pub limit: Option<usize>,
     /// COCO and Flickr30k: captions kept per image (0 = all).
     pub max_captions: usize,
 }
@@ -151,7 +152,7 @@ impl Default for LoadOptions {
             image_root: None,
             image_column: "image".into(),
             caption_column: "caption".into(),
-            limit: 1000,
+            limit: None,
             max_captions: 5,
         }
     }

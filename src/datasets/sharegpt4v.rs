@@ -3,7 +3,7 @@
 //! training data). Caption = `conversations[1].value` with newlines replaced
 //! by spaces; image = `image`, relative to the image root.
 //!
-//! ShareGPT4V-10k (`--limit 10000`, split `10k`): the first 10,000 records,
+//! ShareGPT4V-10k (`--split 10k`, or `--limit 10000`): the first 10,000 records,
 //! as LoTLIP (`share4v_sam_10k.json`, "the top 10k samples" of the same
 //! file) and later papers report it. Records 1,000 to 9,999 are in
 //! Long-CLIP's training data, so the loader warns (see [`TRAINING_OVERLAP`]).
@@ -38,6 +38,31 @@ pub fn split_name(limit: usize) -> String {
     }
 }
 
+/// How many records `--split` and `--limit` ask for: `1k` is 1,000 and
+/// `10k` is 10,000 (a different `limit` beside them is an error); with no
+/// split, `limit` records (default 1,000). Errors on an unknown split and a
+/// zero limit.
+pub fn records_wanted(split: Option<&str>, limit: Option<usize>) -> Result<usize> {
+    let from_split = match split {
+        None => None,
+        Some("1k") => Some(1000),
+        Some("10k") => Some(10000),
+        Some(other) => bail!("unknown ShareGPT4V split '{other}': expected 1k or 10k (or --limit N for the first N records)"),
+    };
+    let n = match (from_split, limit) {
+        (Some(s), Some(l)) if s != l => bail!(
+            "--split {} is the first {s} records, but --limit asks for {l}: give one of them",
+            split.unwrap_or_default()
+        ),
+        (Some(n), _) | (None, Some(n)) => n,
+        (None, None) => 1000,
+    };
+    if n == 0 {
+        bail!("--limit 0: the ShareGPT4V test set needs at least one record");
+    }
+    Ok(n)
+}
+
 #[derive(Deserialize)]
 struct Record {
     image: String,
@@ -59,8 +84,9 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
         bail!("{}: not a ShareGPT4V layout: expected {FILE_NAME} there (the image root holds the paths it lists)", root.display());
     }
     let image_root = opts.image_root.clone().unwrap_or(dir);
-    let records: Vec<Record> = first_records(&path, opts.limit)?;
-    let mut data = Dataset { split: split_name(opts.limit), ..Default::default() };
+    let wanted = records_wanted(opts.split.as_deref(), opts.limit)?;
+    let records: Vec<Record> = first_records(&path, wanted)?;
+    let mut data = Dataset { split: split_name(records.len()), ..Default::default() };
     for (n, r) in records.into_iter().enumerate() {
         let Some(turn) = r.conversations.get(1) else {
             bail!("{}: record {n} has {} conversation turns; the caption is the second", path.display(), r.conversations.len());
@@ -72,8 +98,15 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
         data.images.push(image_root.join(&r.image));
         data.captions.push(vec![caption]);
     }
-    if data.images.len() < opts.limit {
-        data.notes.push(format!("{} has only {} records; all are used", path.display(), data.images.len()));
+    if data.images.len() < wanted {
+        // Never labelled with a protocol it did not run.
+        data.warnings.push(format!(
+            "{} has only {} records, fewer than the {wanted} asked for ({}): all are used and the split is labelled '{}'",
+            path.display(),
+            data.images.len(),
+            split_name(wanted),
+            data.split
+        ));
     }
     let n = data.images.len();
     if n > TRAINING_OVERLAP {

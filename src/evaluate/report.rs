@@ -167,6 +167,7 @@ pub fn probe_rows_json(run: &ProbeRun) -> Vec<Value> {
         .flat_map(|m| {
             m.rows.iter().map(move |r| {
                 let mut v = json!({"length": r.length, "model": m.model.path.display().to_string()});
+                add_family(&mut v, &m.model);
                 add_scores(&mut v, &r.scores);
                 v["ceiling_t2i_r1"] = json!(r.ceiling.t2i_r1);
                 v["ceiling_t2i_r5"] = json!(r.ceiling.t2i_r5);
@@ -180,15 +181,20 @@ pub fn probe_rows_json(run: &ProbeRun) -> Vec<Value> {
         .collect()
 }
 
-/// The probe's CSV: a header and a row per model and length.
+/// The probe's CSV: a header and a row per model and length (with
+/// `family,text_path` columns when a model is not Long-CLIP, as `eval`'s).
 pub fn probe_csv(run: &ProbeRun) -> String {
-    let keys = ["model", "length", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "ceiling_t2i_r1", "ceiling_t2i_r5", "ceiling_t2i_r10"];
+    let mut keys = vec!["model", "length", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "ceiling_t2i_r1", "ceiling_t2i_r5", "ceiling_t2i_r10"];
+    if run.models.iter().any(|m| m.model.family != Family::LongClip) {
+        keys.extend(["family", "text_path"]);
+    }
     let mut s = keys.join(",") + "\n";
     for r in probe_rows_json(run) {
         let v: Vec<String> = keys
             .iter()
             .map(|k| match &r[*k] {
                 Value::String(s) => quote(s),
+                Value::Null => String::new(),
                 other => other.to_string(),
             })
             .collect();

@@ -66,9 +66,18 @@ pub fn is_goal(raw: &HashMap<String, Tensor>) -> bool {
     raw.get(POSITION_KEY).is_some_and(|t| t.dims().first().is_some_and(|&n| n > CLIP_POSITIONS))
 }
 
-/// The base model's `config.json` beside a `.pth`, if there is a readable one.
-pub fn base_config(pth: &Path) -> Option<serde_json::Value> {
-    let path = pth.parent()?.join("config.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    serde_json::from_str(&text).ok()
+/// The base model's `config.json` beside a `.pth`, if there is one.
+///
+/// Errors, naming that file, when it cannot be read or is not JSON.
+pub fn base_config(pth: &Path) -> anyhow::Result<Option<serde_json::Value>> {
+    use anyhow::Context;
+    let Some(path) = pth.parent().map(|d| d.join("config.json")) else {
+        return Ok(None);
+    };
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}:{}:{}: invalid JSON: {e}", path.display(), e.line(), e.column()))?;
+    Ok(Some(value))
 }

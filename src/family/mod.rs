@@ -37,12 +37,16 @@ pub enum Family {
     /// Long-CLIP (and OpenAI CLIP, the 77-position case): OpenAI's tokenizer
     /// with ftfy, torchvision's resize + crop, one merged position table.
     #[default]
+    #[serde(alias = "Long-CLIP", alias = "long-clip")]
     LongClip,
     /// FG-CLIP v1 (ICML 2025): HF tokenizer, square resize, a 77-row short
     /// path and a 248-row long path with its own projection.
+    // Reports spell it as `name()` does ("FG-CLIP"): read both.
+    #[serde(alias = "FG-CLIP", alias = "fg-clip")]
     FgClip,
     /// GOAL (CVPR 2025): an HF `CLIPModel` with one 248-row table, HF
     /// tokenizer and HF `CLIPImageProcessor`.
+    #[serde(alias = "GOAL")]
     Goal,
 }
 
@@ -256,6 +260,47 @@ pub fn resolve(raw: &HashMap<String, Tensor>, storage: Storage, path: &Path, rec
     Ok(recorded)
 }
 
+/// The family official-named tensors (our safetensors) can be: FG-CLIP
+/// with its short table or projection (`positional_embedding_short`,
+/// `text_projection_short`), Long-CLIP with `positional_embedding_res`,
+/// GOAL with one `positional_embedding` of more than 77 rows, else a
+/// 77-position CLIP (Long-CLIP's case).
+fn detect_official(raw: &HashMap<String, Tensor>) -> Family {
+    let rows = raw.get("positional_embedding").and_then(|t| t.dims().first().copied()).unwrap_or(0);
+    if raw.contains_key(fgclip::SHORT_POSITIONS_NAME) || raw.contains_key(fgclip::SHORT_PROJECTION_NAME) {
+        Family::FgClip
+    } else if raw.contains_key(longclip::RES_KEY) {
+        Family::LongClip
+    } else if rows > 77 {
+        Family::Goal
+    } else {
+        Family::LongClip
+    }
+}
+
+/// Checks the family our safetensors metadata (`longclip.config`) records
+/// against its official-named tensors, as [`resolve`] checks an HF
+/// config.json: FG-CLIP needs its short path, GOAL one table of more than 77
+/// rows and no `positional_embedding_res`; Long-CLIP takes any but FG-CLIP's
+/// (a GOAL relabelled Long-CLIP is the same tensors read another way).
+///
+/// Errors, naming the file and the metadata key, when they cannot agree.
+pub fn check_recorded_official(raw: &HashMap<String, Tensor>, path: &Path, recorded: Family) -> Result<()> {
+    let detected = detect_official(raw);
+    let fits = match recorded {
+        Family::LongClip => detected != Family::FgClip,
+        _ => detected == recorded,
+    };
+    if !fits {
+        bail!(
+            "{}: its '{}' metadata records the {recorded} family, but the tensors are not a {recorded} checkpoint (they read as {detected})",
+            path.display(),
+            crate::checkpoint::CONFIG_METADATA_KEY
+        );
+    }
+    Ok(())
+}
+
 /// The family's renames of its own keys to the official names the model
 /// reads, before the common HF renames (only FG-CLIP has any).
 pub fn prepare(family: Family, raw: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
@@ -323,8 +368,11 @@ mod tests {
 
     #[test]
     fn old_configs_read_as_long_clip() {
-        let f: Family = serde_json::from_str("\"fg_clip\"").unwrap();
-        assert_eq!(f, Family::FgClip);
+        for spelling in ["\"fg_clip\"", "\"FG-CLIP\""] {
+            let f: Family = serde_json::from_str(spelling).unwrap();
+            assert_eq!(f, Family::FgClip, "{spelling}");
+        }
+        assert_eq!(serde_json::from_str::<Family>("\"GOAL\"").unwrap(), Family::Goal);
         assert_eq!(Family::default(), Family::LongClip);
     }
 }
