@@ -591,3 +591,24 @@ fn eval_int8_warns_records_its_dtype_and_never_shares_the_f32_cache() {
     let e = fails(&[&args[..], &["--dtype", "int4"]].concat());
     assert!(e.contains("int4"), "{e}");
 }
+
+#[test]
+fn several_models_and_output_folders_are_checked_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("urban");
+    urban_set(&root, 4);
+    let m = model_path();
+    let missing = dir.path().join("nope.pt");
+    let cache = dir.path().join("cache");
+    let base = ["eval", "--dataset", "urban1k", "--root", s(&root), "--embeddings-cache", s(&cache), "--model", s(&m)];
+    let e = fails(&[&base[..], &["--model", s(&missing)]].concat());
+    assert!(e.contains("nope.pt") && e.contains("no model was run"), "{e}");
+    assert!(!cache.exists(), "the first model did no work");
+    let json = dir.path().join("no/such/folder/r.json");
+    let e = fails(&[&base[..], &["--json", s(&json)]].concat());
+    assert!(e.contains("nothing was run") && e.contains("r.json"), "{e}");
+    assert!(!cache.exists());
+    let plot = dir.path().join("missing/p.png");
+    let e = fails(&["probe", "--dataset", "urban1k", "--root", s(&root), "--model", s(&m), "--plot", s(&plot)]);
+    assert!(e.contains("nothing was run"), "{e}");
+}

@@ -420,3 +420,19 @@ fn missing_members_and_invalid_json_are_skipped_and_other_inputs_or_flags_are_re
     assert!(e.contains("holds partitions of --input"), "{e}");
     assert_eq!(std::fs::read(out.join("stats/0.json")).unwrap(), before, "nothing rewritten");
 }
+
+#[test]
+fn a_folder_keeps_one_compute_dtype() {
+    let t = tempfile::tempdir().unwrap();
+    let input = dataset(&t.path().join("ds"), 2, 2);
+    let out = t.path().join("out");
+    infer(&input, &out, &["--partition-count", "2", "--partition", "0"]);
+    assert_eq!(stats(&out, 0)["compute_dtype"], "f32");
+    let m = model();
+    let e = fails(&["inference", "--input", &input, "--input-format", "webdataset", "--output-folder", s(&out), "--model", &m, "--no-progress", "--partition-count", "2", "--partition", "1", "--dtype", "int8"]);
+    assert!(e.contains("computed in f32") && e.contains("int8"), "{e}");
+    assert!(!out.join("stats/1.json").exists(), "nothing written");
+    let other = t.path().join("int8");
+    infer(&input, &other, &["--dtype", "int8"]);
+    assert_eq!(stats(&other, 0)["compute_dtype"], "int8");
+}

@@ -97,7 +97,7 @@ pub struct RunArgs {
     /// With several models, the others run their own (only) path.
     #[arg(long, value_enum)]
     text_path: Option<TextPath>,
-    /// Compute dtype: f32 (exact, the default), bf16, f16, or int8 (CPU only: quantized linear
+    /// Compute dtype: f32 (exact, the default), bf16, f16, auto (f16 on CUDA, f32 on CPU), or int8 (CPU only: quantized linear
     /// layers that move R@K by up to about a point; for indexing, not for tables; docs/cpu.md).
     #[arg(long, default_value = "f32")]
     dtype: String,
@@ -206,8 +206,21 @@ pub struct ClassifyArgs {
     batch_size: usize,
 }
 
+/// Output files whose folder does not exist fail before the run, not after
+/// it (the run may take minutes; nothing is written either way).
+fn check_output_folders(paths: &[&Option<PathBuf>]) -> Result<()> {
+    for p in paths.iter().filter_map(|p| p.as_ref()) {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            bail!("{}: cannot write there: {} is not a folder (nothing was run)", p.display(), parent.display());
+        }
+    }
+    Ok(())
+}
+
 pub fn eval(args: EvalArgs) -> Result<()> {
     let start = Instant::now();
+    check_output_folders(&[&args.json, &args.csv])?;
     if CLASSIFICATION_DATASETS.contains(&args.data.dataset.as_str()) {
         return eval_classification(args, start);
     }
@@ -321,6 +334,7 @@ pub fn probe(args: ProbeArgs) -> Result<()> {
         paper: run::paper_models(&args.paper_model, args.model.len())?,
     };
     spec.check()?;
+    check_output_folders(&[&args.json, &args.csv, &args.plot])?;
     if let Some(p) = &args.plot {
         let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
         if ext != "svg" && ext != "png" {

@@ -353,6 +353,7 @@ mod tests {
             text_path: TextPath::Long,
             positions: 248,
             device: "cpu".into(),
+            dtype: "f32".into(),
             config: Config::preset("longclip-b").unwrap(),
         };
         let scores = RetrievalScores { t2i_r1, t2i_r5: 50.0, t2i_r10: 60.0, i2t_r1: 20.0, i2t_r5: 40.0, i2t_r10: 80.0 };

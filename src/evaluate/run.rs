@@ -187,6 +187,12 @@ fn for_each_model<T>(
     if paths.is_empty() {
         bail!("no model given");
     }
+    // A run of several models fails on a missing file before the first
+    // model's work, not after it.
+    if let Some(missing) = paths.iter().find(|p| !p.exists()) {
+        bail!("{}: no such file or directory (no model was run)", missing.display());
+    }
+    model::precision(&opts.dtype, &model::device(&opts.device)?)?;
     let labels = model_labels(paths);
     let lenient = paths.len() > 1;
     let mut out = Vec::with_capacity(paths.len());

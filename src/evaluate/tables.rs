@@ -263,13 +263,12 @@ pub fn classification_text(run: &ClassificationRun) -> String {
         [m] => {
             let r = &m.report;
             s += &format!(
-                "{}: {} images, {} classes, {} prompts each; model {} ({})\n",
+                "{}: {} images, {} classes, {} prompts each; model {}\n",
                 run.dataset,
                 r.n_images,
                 r.n_classes,
                 run.n_prompts,
-                term::path(&m.model.path),
-                m.model.short_fingerprint()
+                model_line(&m.model)
             );
             rows.push(("ours".into(), Some(r.accuracy.top1), Some(r.accuracy.top5)));
             rows.extend(m.paper.iter().map(|p| (paper_name(p), p.get("top1"), p.get("top5"))));

@@ -86,6 +86,10 @@ pub struct Record {
     pub partition_count: usize,
     pub enable_text: bool,
     pub enable_metadata: bool,
+    /// The encoders' compute dtype; folders from before it was recorded
+    /// were all f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_dtype: Option<String>,
 }
 
 impl Record {
@@ -156,6 +160,10 @@ fn check_same(dir: &Path, found: &Record, wanted: &Record) -> Result<()> {
     }
     if found.input != wanted.input || found.input_format != wanted.input_format {
         bail!("{d}: holds partitions of --input '{}' ({}); this run reads '{}' ({}). Use another --output-folder", found.input, found.input_format, wanted.input, wanted.input_format);
+    }
+    let dtype = |r: &Record| r.compute_dtype.clone().unwrap_or_else(|| "f32".into());
+    if dtype(found) != dtype(wanted) {
+        bail!("{d}: holds partitions computed in {}; this run computes in {}. Use the same --dtype or another --output-folder", dtype(found), dtype(wanted));
     }
     if (found.enable_text, found.enable_metadata) != (wanted.enable_text, wanted.enable_metadata) {
         let flags = |r: &Record| format!("--enable-text {}, --enable-metadata {}", onoff(r.enable_text), onoff(r.enable_metadata));

@@ -87,6 +87,7 @@ pub fn run(model: &LongClip, device: &Device, info: &ModelInfo, opts: &Inference
         partition_count: opts.partition_count,
         enable_text: opts.enable_text,
         enable_metadata: opts.enable_metadata,
+        compute_dtype: Some(model.precision.to_string()),
     };
     layout::claim(&opts.output_folder, &record)?;
     let partitions: Vec<usize> = match opts.partition {
@@ -108,6 +109,7 @@ pub fn run(model: &LongClip, device: &Device, info: &ModelInfo, opts: &Inference
             model: info.path.clone(),
             model_fingerprint: info.fingerprint.clone(),
             device: opts.device_name.clone(),
+            compute_dtype: model.precision.to_string(),
             ..Stats::default()
         };
         let stats = crate::index::catch_panic(

@@ -63,6 +63,10 @@ pub struct Stats {
     pub model: Option<String>,
     pub model_fingerprint: Option<String>,
     pub device: String,
+    /// What the encoders computed in (`f32`, `bf16`, `int8`); empty in
+    /// stats written before it was recorded.
+    #[serde(default)]
+    pub compute_dtype: String,
     pub images_per_second: f64,
     /// False in `wip_{i}.json`.
     pub finished: bool,
