@@ -18,6 +18,8 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::SendPtr;
+
 /// Rows per micro-kernel call.
 pub const MR: usize = 8;
 /// Output columns per packed panel (two 16-lane vectors).
@@ -142,17 +144,6 @@ pub fn gemm(x: &[f32], m: usize, w: &PackedBf16, bias: Option<&[f32]>, out: &mut
             }
         }
     });
-}
-
-/// A raw pointer rayon may share: each task writes its own tile.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `acc [MR, NR] = rows [MR, kp] · panel` over the whole K.

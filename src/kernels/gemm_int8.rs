@@ -20,6 +20,8 @@
 
 use rayon::prelude::*;
 
+use super::SendPtr;
+
 /// Rows per micro-kernel call.
 pub const MR: usize = 8;
 /// Output columns per packed panel (two 16-lane vectors).
@@ -181,16 +183,6 @@ pub fn gemm_quantized(a: &QuantizedRows, w: &QuantizedWeight, bias: Option<&[f32
             }
         }
     });
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `acc [MR, NR] = rows [MR, kp] · panel` (kp a multiple of 4).

@@ -51,3 +51,15 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     };
     Ok(f(&data[start..end]))
 }
+
+/// A raw output pointer rayon tasks may share: the GEMMs give each task its
+/// own tile of the output, so no two tasks write the same element.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
