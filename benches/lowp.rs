@@ -54,7 +54,7 @@ fn image_tower(c: &mut Criterion) {
     let pixels = Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), &Device::Cpu).unwrap();
     let mut g = c.benchmark_group("lowp image tower");
     g.sample_size(10);
-    g.throughput(Throughput::Elements((batch as f64 * vision_flops(&config)) as u64));
+    g.throughput(Throughput::Elements((batch as f64 * config.vision_flops()) as u64));
     for precision in [Precision::Float(DType::F32), Precision::Float(DType::BF16), Precision::Int8] {
         let model = LongClip::new(&ckpt, &Device::Cpu, precision).unwrap();
         g.bench_function(format!("image 224 px, batch {batch}, {precision}"), |b| b.iter(|| model.vision.encode(&pixels).unwrap()));
@@ -62,16 +62,6 @@ fn image_tower(c: &mut Criterion) {
     g.finish();
 }
 
-/// FLOPs of one image through the tower (the formula of `longclip bench`).
-fn vision_flops(config: &Config) -> f64 {
-    let v = &config.vision;
-    let patches = (v.image_size / v.patch_size).pow(2) as f64;
-    let tokens = patches + 1.0;
-    let w = v.width as f64;
-    let per_layer = 2.0 * tokens * (4.0 * w * w + 2.0 * w * v.mlp_width as f64) + 4.0 * tokens * tokens * w;
-    let stem = 2.0 * patches * (3 * v.patch_size * v.patch_size) as f64 * w;
-    stem + per_layer * v.layers as f64 + 2.0 * w * config.embed_dim as f64
-}
 
 criterion_group!(benches, gemms, image_tower);
 criterion_main!(benches);

@@ -943,6 +943,30 @@ impl Config {
 }
 
 impl Config {
+    /// FLOPs of one image through the vision tower (patch stem, blocks,
+    /// projection), multiply-adds counted as two: the convention of peak
+    /// TFLOP/s figures. ViT-B/16 at 224 px: 35.2 GFLOP ("17.6 GFLOPs" in
+    /// multiply-adds).
+    pub fn vision_flops(&self) -> f64 {
+        let v = &self.vision;
+        let patches = (v.image_size / v.patch_size).pow(2) as f64;
+        let tokens = patches + 1.0;
+        let w = v.width as f64;
+        let per_layer = 2.0 * tokens * (4.0 * w * w + 2.0 * w * v.mlp_width as f64) + 4.0 * tokens * tokens * w;
+        let stem = 2.0 * patches * (3 * v.patch_size * v.patch_size) as f64 * w;
+        stem + per_layer * v.layers as f64 + 2.0 * w * self.embed_dim as f64
+    }
+
+    /// FLOPs of one text of `tokens` tokens through the text tower, counted
+    /// densely (the causal half of attention our CPU kernel skips is
+    /// counted, as PyTorch computes it), multiply-adds as two.
+    pub fn text_flops(&self, tokens: usize) -> f64 {
+        let t = &self.text;
+        let (l, w) = (tokens as f64, t.width as f64);
+        let per_layer = 2.0 * l * (4.0 * w * w + 2.0 * w * t.mlp_width as f64) + 4.0 * l * l * w;
+        per_layer * t.layers as f64 + 2.0 * w * self.embed_dim as f64
+    }
+
     /// The small model `longclip demo` ships (trained on `longclip synth` scenes).
     pub fn demo() -> Config {
         Config {
@@ -981,3 +1005,24 @@ pub fn random(config: &Config, seed: u64) -> Result<Checkpoint> {
     Ok(Checkpoint { path, format: Format::Safetensors, config: config.clone(), tensors, ignored: vec![] })
 }
 
+#[cfg(test)]
+mod flops_tests {
+    use super::Config;
+
+    #[test]
+    fn vit_b16_costs_about_35_gflop_an_image() {
+        // The usual "17.6 GFLOPs" of ViT-B/16 counts multiply-adds.
+        let flops = Config::preset("longclip-b").unwrap().vision_flops();
+        assert!((flops / 2e9 - 17.6).abs() < 0.3, "{}", flops / 2e9);
+        let l = Config::preset("longclip-l").unwrap().vision_flops();
+        assert!((l / 2e9 - 81.1).abs() < 1.0, "{}", l / 2e9);
+    }
+
+    #[test]
+    fn text_flops_grow_with_length_as_the_dense_count() {
+        let c = Config::preset("longclip-b").unwrap();
+        // 12 layers of width 512 at 77 tokens: about 6 GFLOP.
+        assert!((c.text_flops(77) / 1e9 - 5.95).abs() < 0.1, "{}", c.text_flops(77) / 1e9);
+        assert!(c.text_flops(248) > 3.0 * c.text_flops(77));
+    }
+}

@@ -292,10 +292,11 @@ fn rows_gemm(x: &Tensor, k: usize, n: usize, gemm: impl Fn(&[f32], usize, &mut [
     if dims.last() != Some(&k) {
         bail!("linear layer of input width {k} got a tensor of shape {dims:?}");
     }
-    let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let rows = values.len() / k.max(1);
+    let rows = x.elem_count() / k.max(1);
     let mut out = vec![0f32; rows * n];
-    gemm(&values, rows, &mut out);
+    // The activations are read in place (no copy) when they are contiguous f32.
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    with_f32(&x, |values| gemm(values, rows, &mut out))?;
     let mut shape = dims;
     *shape.last_mut().expect("rank >= 1") = n;
     Ok(Tensor::from_vec(out, shape, x.device())?)

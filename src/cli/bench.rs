@@ -99,11 +99,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
     let vision = time_vision(&model, &device, &args)?;
     let what = format!("vision tower, batch {}", args.image_batch);
-    println!("{}", rate_line(&what, vision, "images/s", vision_flops(&model.config), peak));
+    println!("{}", rate_line(&what, vision, "images/s", model.config.vision_flops(), peak));
 
     let texts = time_text(&model, &device, &args)?;
     let what = format!("text {} tokens, batch {}", args.text_tokens, args.text_batch);
-    println!("{}", rate_line(&what, texts, "texts/s", text_flops(&model.config, args.text_tokens), peak));
+    println!("{}", rate_line(&what, texts, "texts/s", model.config.text_flops(args.text_tokens), peak));
 
     if let Some(dir) = &args.images {
         let rate = time_end_to_end(&model, &device, dir, &args)?;
@@ -149,26 +149,7 @@ fn rate_line(what: &str, per_second: f64, unit: &str, flops: f64, peak: Option<f
     line
 }
 
-/// FLOPs of one text of `tokens` tokens through the text tower: the dense
-/// count (the causal half of attention that our kernel skips is counted, as
-/// PyTorch computes it), multiply-adds as two.
-pub fn text_flops(config: &Config, tokens: usize) -> f64 {
-    let t = &config.text;
-    let (l, w) = (tokens as f64, t.width as f64);
-    let per_layer = 2.0 * l * (4.0 * w * w + 2.0 * w * (4.0 * w)) + 4.0 * l * l * w;
-    per_layer * t.layers as f64 + 2.0 * w * config.embed_dim as f64
-}
 
-/// Multiply-adds count as two FLOPs: the convention of peak TFLOP/s figures.
-pub fn vision_flops(config: &Config) -> f64 {
-    let v = &config.vision;
-    let patches = (v.image_size / v.patch_size).pow(2) as f64;
-    let tokens = patches + 1.0;
-    let w = v.width as f64;
-    let per_layer = 2.0 * tokens * (4.0 * w * w + 2.0 * w * v.mlp_width as f64) + 4.0 * tokens * tokens * w;
-    let stem = 2.0 * patches * (3 * v.patch_size * v.patch_size) as f64 * w;
-    stem + per_layer * v.layers as f64 + 2.0 * w * config.embed_dim as f64
-}
 
 fn time_vision(model: &LongClip, device: &Device, args: &BenchArgs) -> Result<f64> {
     let size = model.vision.image_size();
@@ -218,18 +199,4 @@ fn timed(device: &Device, iters: usize, mut run: impl FnMut() -> Result<Tensor>)
     }
     device.synchronize()?;
     Ok(start.elapsed().as_secs_f64())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vit_b16_costs_about_35_gflop_an_image() {
-        // The usual "17.6 GFLOPs" of ViT-B/16 counts multiply-adds.
-        let flops = vision_flops(&Config::preset("longclip-b").unwrap());
-        assert!((flops / 2e9 - 17.6).abs() < 0.3, "{}", flops / 2e9);
-        let l = vision_flops(&Config::preset("longclip-l").unwrap());
-        assert!((l / 2e9 - 81.1).abs() < 1.0, "{}", l / 2e9);
-    }
 }

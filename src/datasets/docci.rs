@@ -21,7 +21,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use serde::Deserialize;
 
-use super::{load_goal_list, read_jsonl, Dataset, LoadOptions};
+use super::{file_or_in, load_goal_list, read_jsonl, Dataset, LoadOptions};
 
 pub const FILE_NAME: &str = "docci_descriptions.jsonlines";
 
@@ -33,11 +33,7 @@ struct Record {
 }
 
 pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
-    let (path, dir) = if root.is_file() {
-        (root.to_path_buf(), root.parent().unwrap_or(Path::new(".")).to_path_buf())
-    } else {
-        (root.join(FILE_NAME), root.to_path_buf())
-    };
+    let (path, dir) = file_or_in(root, FILE_NAME);
     if !path.is_file() {
         bail!("{}: not a DOCCI layout: expected {FILE_NAME} and images/ there", root.display());
     }

@@ -229,6 +229,16 @@ pub(crate) fn require_dir(dir: &Path, layout: &str) -> Result<()> {
 
 /// Reads a JSON Lines file into records; errors name the file and line
 /// (1-based). Blank lines are skipped.
+/// `root` is the layout's file itself, or the folder holding it as `name`:
+/// returns (the file, its folder). The file's existence is the caller's check.
+pub(crate) fn file_or_in(root: &Path, name: &str) -> (PathBuf, PathBuf) {
+    if root.is_file() {
+        (root.to_path_buf(), root.parent().unwrap_or(Path::new(".")).to_path_buf())
+    } else {
+        (root.join(name), root.to_path_buf())
+    }
+}
+
 pub(crate) fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read as UTF-8 text", path.display()))?;
     let mut out = Vec::new();

@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::{json_error, Dataset, LoadOptions};
+use super::{file_or_in, json_error, Dataset, LoadOptions};
 
 pub const FILE_NAME: &str = "share-captioner_coco_lcs_sam_1246k_1107.json";
 
@@ -75,11 +75,7 @@ struct Turn {
 }
 
 pub fn load(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
-    let (path, dir) = if root.is_file() {
-        (root.to_path_buf(), root.parent().unwrap_or(Path::new(".")).to_path_buf())
-    } else {
-        (root.join(FILE_NAME), root.to_path_buf())
-    };
+    let (path, dir) = file_or_in(root, FILE_NAME);
     if !path.is_file() {
         bail!("{}: not a ShareGPT4V layout: expected {FILE_NAME} there (the image root holds the paths it lists)", root.display());
     }
