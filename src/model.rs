@@ -5,6 +5,8 @@
 //! Texts are encoded at the length of their batch, not at 248: the mask is
 //! causal, so padding after EOT cannot change the pooled feature.
 
+use std::mem::MaybeUninit;
+
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, Linear};
@@ -13,7 +15,8 @@ use crate::checkpoint::{Activation, Checkpoint, Config};
 use crate::family::{Family, TextPath};
 use crate::kernels::attention::{attention, AttentionShape};
 use crate::kernels::{elementwise, with_f32, Isa, Kernels};
-use crate::kernels::{gemm_bf16, gemm_int8};
+use crate::kernels::gemm_int8::{self, Output};
+use crate::kernels::gemm_bf16;
 use crate::preprocess::Transform;
 use crate::tokenizer::Encoding;
 
@@ -259,19 +262,35 @@ impl Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let inner = match &self.kernel {
             Kernel::Candle(inner) => inner,
-            Kernel::Bf16(w, bias) => return rows_gemm(x, w.k, w.n, |x, m, out| gemm_bf16::gemm(x, m, w, Some(bias), out, true)),
-            Kernel::Int8(w, bias) => return rows_gemm(x, w.k, w.n, |x, m, out| gemm_int8::gemm(x, m, w, Some(bias), out, true)),
+            Kernel::Bf16(w, bias) => return rows_gemm(x, w.k, w.n, |x, m, out| gemm_bf16::gemm_uninit(x, m, w, Some(bias), out, true)),
+            Kernel::Int8(w, bias) => return rows_gemm(x, w.k, w.n, |x, m, out| gemm_int8::gemm_uninit(x, m, w, Some(bias), Output::Linear, out, true)),
         };
         let x = x.to_dtype(self.dtype)?;
-        let y = match (self.flatten, x.dims()) {
-            (true, &[b, l, w]) => inner.forward(&x.reshape((b * l, w))?)?.reshape((b, l, ()))?,
-            _ => inner.forward(&x)?,
-        };
-        Ok(y.to_dtype(DType::F32)?)
+        Ok(rows_linear(inner, &x, self.flatten)?.to_dtype(DType::F32)?)
+    }
+}
+
+/// `inner.forward(x)`, with `x [b, l, w]` multiplied as `[b * l, w]` rows
+/// when `flatten` or when that is free (a contiguous `x`): candle runs a
+/// 3-d input as b separate l-row GEMMs against the broadcast weight, each
+/// too short to keep the cores busy (the image tower's 197 rows ran at
+/// ~80% of one 1,576-row GEMM's rate).
+fn rows_linear(inner: &Linear, x: &Tensor, flatten: bool) -> Result<Tensor> {
+    match x.dims() {
+        &[b, l, w] if flatten || x.is_contiguous() => Ok(inner.forward(&x.reshape((b * l, w))?)?.reshape((b, l, ()))?),
+        _ => Ok(inner.forward(x)?),
     }
 }
 
 impl Dense {
+    /// QuickGELU of this layer's output, applied in the GEMM's epilogue (the
+    /// int8 kernel), or None when the kernel has no such epilogue.
+    fn forward_quick_gelu(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let Kernel::Int8(w, bias) = &self.kernel else { return Ok(None) };
+        let gemm = |x: &[f32], m, out: &mut [MaybeUninit<f32>]| gemm_int8::gemm_uninit(x, m, w, Some(bias), Output::QuickGelu, out, true);
+        Ok(Some(rows_gemm(x, w.k, w.n, gemm)?))
+    }
+
     /// f32 candle weights on the CPU, inference: `x · Wᵀ` without the bias,
     /// and the bias, so the next element-wise pass can add it (one pass over
     /// the [b, l, 4w] activations instead of two). None otherwise.
@@ -282,21 +301,25 @@ impl Dense {
             return Ok(None);
         }
         let weight_only = Linear::new(inner.weight().clone(), None);
-        Ok(Some((weight_only.forward(x)?, bias.clone())))
+        Ok(Some((rows_linear(&weight_only, x, false)?, bias.clone())))
     }
 }
 
 /// `x [.., k]` (CPU) as f32 rows through `gemm(x, rows, out)`, into `[.., n]`.
-fn rows_gemm(x: &Tensor, k: usize, n: usize, gemm: impl Fn(&[f32], usize, &mut [f32])) -> Result<Tensor> {
+/// The output is not zeroed first (a memset of up to 20 MB per layer): the
+/// GEMMs write every element.
+fn rows_gemm(x: &Tensor, k: usize, n: usize, gemm: impl Fn(&[f32], usize, &mut [MaybeUninit<f32>])) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     if dims.last() != Some(&k) {
         bail!("linear layer of input width {k} got a tensor of shape {dims:?}");
     }
     let rows = x.elem_count() / k.max(1);
-    let mut out = vec![0f32; rows * n];
+    let mut out = Vec::with_capacity(rows * n);
     // The activations are read in place (no copy) when they are contiguous f32.
     let x = x.to_dtype(DType::F32)?.contiguous()?;
-    with_f32(&x, |values| gemm(values, rows, &mut out))?;
+    with_f32(&x, |values| gemm(values, rows, &mut out.spare_capacity_mut()[..rows * n]))?;
+    // SAFETY: the GEMM wrote all rows * n elements.
+    unsafe { out.set_len(rows * n) };
     let mut shape = dims;
     *shape.last_mut().expect("rank >= 1") = n;
     Ok(Tensor::from_vec(out, shape, x.device())?)
@@ -320,7 +343,7 @@ fn matmul_bf16_cpu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let b_values = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     if b.rank() == 2 {
         let w = gemm_bf16::PackedBf16::from_kn(&b_values, k, n);
-        return rows_gemm(a, k, n, |x, m, out| gemm_bf16::gemm(x, m, &w, None, out, true));
+        return rows_gemm(a, k, n, |x, m, out| gemm_bf16::gemm_uninit(x, m, &w, None, out, true));
     }
     let batch: usize = b.dims()[..b.rank() - 2].iter().product();
     let m = a.dim(D::Minus2)?;
@@ -428,8 +451,8 @@ impl Block {
         let attn = self.attn.forward(&layer_norm(&self.ln_1, x)?, mask)?;
         let (x, normed) = self.ln_2.forward_residual(x, &attn)?;
         let fuse_bias = self.activation == Activation::QuickGelu && !self.attn.differentiable && self.ln_2.kernels == Kernels::Fused;
-        let h = match self.c_fc.forward_unbiased(&normed)? {
-            Some((h, bias)) if fuse_bias => fused_bias_quick_gelu(&h, Some(&bias))?,
+        let h = match self.fused_c_fc(&normed, fuse_bias)? {
+            Some(h) => h,
             _ => {
                 let h = self.c_fc.forward(&normed)?;
                 match self.activation {
@@ -441,6 +464,24 @@ impl Block {
             }
         };
         Ok((x + self.c_proj.forward(&h)?)?)
+    }
+}
+
+impl Block {
+    /// QuickGELU(c_fc(x)) in fewer passes when `fuse` allows: in the int8
+    /// GEMM's epilogue, or as candle's GEMM and then bias + QuickGELU in one
+    /// pass. None: no fused path applies (and nothing was computed).
+    fn fused_c_fc(&self, normed: &Tensor, fuse: bool) -> Result<Option<Tensor>> {
+        if !fuse {
+            return Ok(None);
+        }
+        if let Some(h) = self.c_fc.forward_quick_gelu(normed)? {
+            return Ok(Some(h));
+        }
+        match self.c_fc.forward_unbiased(normed)? {
+            Some((h, bias)) => Ok(Some(fused_bias_quick_gelu(&h, Some(&bias))?)),
+            None => Ok(None),
+        }
     }
 }
 

@@ -110,6 +110,32 @@ fn int8_gemm_is_the_exact_integer_math() {
 }
 
 #[test]
+fn int8_gemm_quick_gelu_epilogue_is_the_gemm_then_quick_gelu() {
+    use longclip::kernels::{elementwise, gemm_int8::Output, Isa};
+    for &(m, n, k) in SHAPES {
+        let (x, w, b) = (random(m * k, 11), random(n * k, 12), random(n, 13));
+        let qw = gemm_int8::QuantizedWeight::from_weight(&w, n, k);
+        for simd in paths(gemm_int8::has_simd(), "AVX512_VNNI") {
+            let mut linear = vec![0f32; m * n];
+            gemm_int8::gemm(&x, m, &qw, Some(&b), &mut linear, simd);
+            let mut want = vec![0f32; m * n];
+            let isa = if simd { Isa::detect() } else { Isa::Scalar };
+            elementwise::bias_quick_gelu(isa, &linear, None, &mut want);
+            let mut fused = vec![std::mem::MaybeUninit::new(f32::NAN); m * n];
+            gemm_int8::gemm_uninit(&x, m, &qw, Some(&b), Output::QuickGelu, &mut fused, simd);
+            for (i, (got, want)) in fused.iter().zip(&want).enumerate() {
+                // SAFETY: initialized above, and the GEMM writes every element.
+                let got = unsafe { got.assume_init() };
+                // Same operations; the separate pass takes a row's last
+                // width % 16 values one at a time (scalar exp, 2 ulp apart).
+                let tolerance = if simd { 4.0 * f32::EPSILON * want.abs().max(1e-30) } else { 0.0 };
+                assert!((got - want).abs() <= tolerance, "({m},{n},{k}) simd={simd} [{i}]: {got} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
 fn int8_quantization_error_is_half_a_step() {
     for &(m, n, k) in SHAPES {
         let (x, w) = (random(m * k, 9), random(n * k, 10));

@@ -15,8 +15,10 @@ use rayon::prelude::*;
 
 use super::simd::{Isa, Simd, MAX_LANES};
 
-/// Query rows per block: 4 rows x 2 vectors of scores in registers.
-const ROWS: usize = 4;
+/// Query rows per block: 6 rows x `BLOCK_VECS` vectors of scores (and of
+/// the output) in registers, 24 of AVX-512's 32, so each load of kᵀ or v
+/// feeds six FMAs.
+const ROWS: usize = 6;
 
 /// The shape of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,8 +82,8 @@ unsafe fn attention_head<S: Simd>(
     out: OutPtr,
 ) {
     let (l, hd, w) = (shape.len, shape.head_dim, shape.width());
-    // Scores are computed two vectors at a time; v rows a block of vectors.
-    let lp = round_up(l, 2 * MAX_LANES);
+    // Scores are computed a vector at a time at least; v rows a block of vectors.
+    let lp = round_up(l, MAX_LANES);
     let hdp = round_up(hd, S::BLOCK_VECS * S::LANES);
     let token = |t: usize, part: usize| (b * l + t) * 3 * w + part * w + h * hd;
 
@@ -96,6 +98,7 @@ unsafe fn attention_head<S: Simd>(
     let mut q = vec![0f32; ROWS * hd];
     let mut scores = vec![0f32; ROWS * lp];
     let mut acc = vec![0f32; ROWS * hdp];
+    let mut inv_sums = [0f32; ROWS];
     for i0 in (0..l).step_by(ROWS) {
         let rows = ROWS.min(l - i0);
         // Rows past the end repeat the last one; their results are dropped.
@@ -107,54 +110,68 @@ unsafe fn attention_head<S: Simd>(
         }
         // Keys this block attends to: all, or up to its last row.
         let keys = if causal { (i0 + ROWS).min(l) } else { l };
-        let cols = round_up(keys, 2 * S::LANES);
-        scores_block::<S>(&q, hd, &kt, lp, cols, &mut scores);
+        let cols = round_up(keys, S::LANES);
+        let wide = S::BLOCK_VECS * S::LANES;
+        let mut j = 0;
+        while j + wide <= cols {
+            scores_block::<S, 4>(&q, hd, &kt, lp, j, S::BLOCK_VECS, &mut scores);
+            j += wide;
+        }
+        while j < cols {
+            scores_block::<S, 1>(&q, hd, &kt, lp, j, 1, &mut scores);
+            j += S::LANES;
+        }
         for r in 0..ROWS {
             let valid = if causal { (i0 + r + 1).min(l) } else { l };
             let row = &mut scores[r * lp..r * lp + cols];
             row[valid..].fill(f32::NEG_INFINITY);
-            softmax_row::<S>(row);
+            inv_sums[r] = 1.0 / exp_row::<S>(row);
         }
         probs_times_v::<S>(&scores, lp, keys, &v, hdp, &mut acc);
         for r in 0..rows {
             // SAFETY: row i0 + r of batch b, head h's columns: this task's alone.
             let dst = std::slice::from_raw_parts_mut(out.0.add((b * l + i0 + r) * w + h * hd), hd);
-            dst.copy_from_slice(&acc[r * hdp..r * hdp + hd]);
-        }
-    }
-}
-
-/// `scores[r, j] = q[r] · kt[:, j]` for 4 rows and `j < cols` (a multiple
-/// of two vectors): each kᵀ load feeds four FMAs.
-#[inline(always)]
-unsafe fn scores_block<S: Simd>(q: &[f32], hd: usize, kt: &[f32], lp: usize, cols: usize, scores: &mut [f32]) {
-    debug_assert!(cols <= lp && q.len() == ROWS * hd && kt.len() == hd * lp && scores.len() == ROWS * lp);
-    let (q, kt) = (q.as_ptr(), kt.as_ptr());
-    let mut j = 0;
-    while j < cols {
-        let mut acc = [[S::splat(0.0); 2]; ROWS];
-        for d in 0..hd {
-            let k0 = S::load(kt.add(d * lp + j));
-            let k1 = S::load(kt.add(d * lp + j + S::LANES));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let qr = S::splat(*q.add(r * hd + d));
-                a[0] = S::fma(qr, k0, a[0]);
-                a[1] = S::fma(qr, k1, a[1]);
+            for (y, a) in dst.iter_mut().zip(&acc[r * hdp..r * hdp + hd]) {
+                *y = a * inv_sums[r];
             }
         }
-        for (r, a) in acc.iter().enumerate() {
-            S::store(scores.as_mut_ptr().add(r * lp + j), a[0]);
-            S::store(scores.as_mut_ptr().add(r * lp + j + S::LANES), a[1]);
-        }
-        j += 2 * S::LANES;
     }
 }
 
-/// Softmax of a row whose length is a multiple of the vector width
-/// (masked and padded entries are -inf and come out 0), as candle's
-/// `softmax_last_dim`: subtract the max, exponentiate, divide by the sum.
+/// `scores[r, j0..j0 + vecs * LANES] = q[r] · kt[:, j]` for the block's
+/// rows, `vecs <= V` vectors of keys at a time: each kᵀ load feeds ROWS FMAs.
 #[inline(always)]
-unsafe fn softmax_row<S: Simd>(row: &mut [f32]) {
+unsafe fn scores_block<S: Simd, const V: usize>(q: &[f32], hd: usize, kt: &[f32], lp: usize, j0: usize, vecs: usize, scores: &mut [f32]) {
+    debug_assert!(vecs <= V && j0 + vecs * S::LANES <= lp);
+    debug_assert!(q.len() == ROWS * hd && kt.len() == hd * lp && scores.len() == ROWS * lp);
+    let (q, kt) = (q.as_ptr(), kt.as_ptr());
+    let mut acc = [[S::splat(0.0); V]; ROWS];
+    for d in 0..hd {
+        let mut k = [S::splat(0.0); V];
+        for (c, x) in k.iter_mut().enumerate().take(vecs) {
+            *x = S::load(kt.add(d * lp + j0 + c * S::LANES));
+        }
+        for (r, a) in acc.iter_mut().enumerate() {
+            let qr = S::splat(*q.add(r * hd + d));
+            for c in 0..vecs {
+                a[c] = S::fma(qr, k[c], a[c]);
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        for (c, x) in a.iter().enumerate().take(vecs) {
+            S::store(scores.as_mut_ptr().add(r * lp + j0 + c * S::LANES), *x);
+        }
+    }
+}
+
+/// The softmax's numerators in place, `e^(x - max)`, and their sum, for a
+/// row whose length is a multiple of the vector width (masked and padded
+/// entries are -inf and come out 0). The division by the sum is left to
+/// the output row (hd values instead of L), one rounding apart from
+/// candle's `softmax_last_dim`.
+#[inline(always)]
+unsafe fn exp_row<S: Simd>(row: &mut [f32]) -> f32 {
     let p = row.as_mut_ptr();
     let n = row.len();
     let mut m = S::splat(f32::NEG_INFINITY);
@@ -168,13 +185,10 @@ unsafe fn softmax_row<S: Simd>(row: &mut [f32]) {
         S::store(p.add(j), e);
         sum = S::add(sum, e);
     }
-    let sum = S::splat(S::reduce_sum(sum));
-    for j in (0..n).step_by(S::LANES) {
-        S::store(p.add(j), S::div(S::load(p.add(j)), sum));
-    }
+    S::reduce_sum(sum)
 }
 
-/// `acc[r] = sum_{j < keys} probs[r, j] v[j]` for 4 rows, `BLOCK_VECS`
+/// `acc[r] = sum_{j < keys} probs[r, j] v[j]` for the block's rows, `BLOCK_VECS`
 /// vectors of head dimensions at a time.
 #[inline(always)]
 unsafe fn probs_times_v<S: Simd>(probs: &[f32], lp: usize, keys: usize, v: &[f32], hdp: usize, acc: &mut [f32]) {

@@ -31,7 +31,6 @@ simd_entry!(fn quick_gelu_chunk => quick_gelu_rows(x: &[f32], bias: Option<&[f32
 
 #[inline(always)]
 unsafe fn quick_gelu_rows<S: Simd>(x: &[f32], bias: Option<&[f32]>, out: &mut [f32], width: usize) {
-    let (k, one) = (S::splat(-1.702), S::splat(1.0));
     for (xr, or) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
         let mut j = 0;
         while j + S::LANES <= width {
@@ -39,15 +38,27 @@ unsafe fn quick_gelu_rows<S: Simd>(x: &[f32], bias: Option<&[f32]>, out: &mut [f
             if let Some(b) = bias {
                 y = S::add(y, S::load(b.as_ptr().add(j)));
             }
-            let e = S::exp(S::mul(y, k));
-            S::store(or.as_mut_ptr().add(j), S::div(y, S::add(one, e)));
+            S::store(or.as_mut_ptr().add(j), quick_gelu_vec::<S>(y));
             j += S::LANES;
         }
         for j in j..width {
-            let y = xr[j] + bias.map_or(0.0, |b| b[j]);
-            or[j] = y / (1.0 + exp_scalar(y * -1.702));
+            or[j] = quick_gelu(xr[j] + bias.map_or(0.0, |b| b[j]));
         }
     }
+}
+
+/// QuickGELU of one vector, `y / (1 + e^(-1.702 y))`: the operations of
+/// every fused QuickGELU (here and in the int8 GEMM's epilogue).
+#[inline(always)]
+pub(crate) unsafe fn quick_gelu_vec<S: Simd>(y: S::V) -> S::V {
+    let e = S::exp(S::mul(y, S::splat(-1.702)));
+    S::div(y, S::add(S::splat(1.0), e))
+}
+
+/// QuickGELU of one value, as [`quick_gelu_vec`] on one lane.
+#[inline(always)]
+pub(crate) fn quick_gelu(y: f32) -> f32 {
+    y / (1.0 + exp_scalar(y * -1.702))
 }
 
 /// Layer norm over rows of `gamma.len()`: `out = (x - mean) / sqrt(var +

@@ -18,7 +18,9 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::SendPtr;
+use std::mem::MaybeUninit;
+
+use super::{as_uninit, SendPtr};
 
 /// Rows per micro-kernel call.
 pub const MR: usize = 8;
@@ -99,6 +101,12 @@ pub fn has_simd() -> bool {
 /// false forces the portable kernel (tests); true uses VDPBF16PS when the
 /// CPU has it. Panics on lengths that do not match (a caller bug).
 pub fn gemm(x: &[f32], m: usize, w: &PackedBf16, bias: Option<&[f32]>, out: &mut [f32], simd: bool) {
+    gemm_uninit(x, m, w, bias, as_uninit(out), simd);
+}
+
+/// [`gemm`] into memory that need not be initialized: every element of
+/// `out` is written.
+pub fn gemm_uninit(x: &[f32], m: usize, w: &PackedBf16, bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>], simd: bool) {
     let (n, k, kp) = (w.n, w.k, w.kp);
     assert_eq!(x.len(), m * k, "activations of {} values are not [{m}, {k}]", x.len());
     assert_eq!(out.len(), m * n, "output of {} values is not [{m}, {n}]", out.len());
@@ -110,7 +118,9 @@ pub fn gemm(x: &[f32], m: usize, w: &PackedBf16, bias: Option<&[f32]>, out: &mut
     }
     if k == 0 {
         for row in out.chunks_mut(n) {
-            row.iter_mut().enumerate().for_each(|(j, y)| *y = bias.map_or(0.0, |b| b[j]));
+            row.iter_mut().enumerate().for_each(|(j, y)| {
+                y.write(bias.map_or(0.0, |b| b[j]));
+            });
         }
         return;
     }
@@ -124,7 +134,7 @@ pub fn gemm(x: &[f32], m: usize, w: &PackedBf16, bias: Option<&[f32]>, out: &mut
     });
     let simd = simd && has_simd();
     let tiles: Vec<(usize, usize)> = (0..m.div_ceil(MC)).flat_map(|i| (0..n.div_ceil(NC)).map(move |j| (i * MC, j * NC))).collect();
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SendPtr(out.as_mut_ptr() as *mut f32);
     tiles.into_par_iter().for_each(|(i0, j0)| {
         let mut acc = [0f32; MR * NR];
         for p in j0 / NR..(j0 + NC).min(n).div_ceil(NR) {

@@ -52,6 +52,14 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     Ok(f(&data[start..end]))
 }
 
+/// `out` as slots a GEMM may write without reading, so callers can pass
+/// fresh, unzeroed memory ([`Vec::spare_capacity_mut`]) to the same code.
+pub(crate) fn as_uninit(out: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's layout, and the GEMMs only store
+    // initialized floats through the result.
+    unsafe { &mut *(out as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
+}
+
 /// A raw output pointer rayon tasks may share: the GEMMs give each task its
 /// own tile of the output, so no two tasks write the same element.
 #[derive(Clone, Copy)]

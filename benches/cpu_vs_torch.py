@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""longclip's CPU towers against PyTorch's, in alternating rounds of one run.
+
+A shared or virtual machine drifts by 20-30% over minutes, more than the
+differences being measured, so each round times `longclip bench` (every
+--dtypes) and then benches/torch_bench.py, back to back, and the ratio is
+taken within the round. Prints one JSON object per round and a summary of
+each ratio's median and range over the rounds.
+
+usage: python3 benches/cpu_vs_torch.py --longclip target/release/longclip \
+           [--rounds 3] [--threads 2] [--dtypes f32,bf16,int8]
+needs: what benches/torch_bench.py needs (torch, numpy)
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def longclip(binary, dtype, threads):
+    """{"image": images/s, "text": texts/s} from one `longclip bench` run."""
+    cmd = [binary, "bench", "--model", "longclip-b", "--device", "cpu", "--dtype", dtype,
+           "--image-batch", "8", "--text-batch", "32", "--text-tokens", "120", "--iters", "3"]
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    got = {}
+    for line in out.splitlines():
+        row = json.loads(line) if line.startswith("{") else {}
+        what = row.get("what", "")
+        if what.startswith("vision tower"):
+            got["image"] = row["per_second"]
+        elif what.startswith("text 120 tokens"):
+            got["text"] = row["per_second"]
+    return got
+
+
+def torch(threads, seconds):
+    """PyTorch's image and trimmed 120-token text throughput."""
+    cmd = [sys.executable, os.path.join(HERE, "torch_bench.py"), "--only", "encoders",
+           "--threads", str(threads), "--seconds", str(seconds)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    got = {}
+    for line in out.splitlines():
+        row = json.loads(line) if line.startswith("{") else {}
+        if row.get("what") == "image 224 px, batch 8":
+            got["image"] = row["per_second"]
+        elif row.get("what") == "text 120 tokens, batch 32, trimmed":
+            got["text"] = row["per_second"]
+    return got
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--longclip", required=True, help="the release binary")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=8.0, help="PyTorch's time per measurement")
+    p.add_argument("--dtypes", default="f32,bf16,int8")
+    a = p.parse_args()
+    if not os.access(a.longclip, os.X_OK):
+        sys.exit(f"cpu_vs_torch: {a.longclip} is not an executable (build with cargo build --release)")
+    dtypes = a.dtypes.split(",")
+    ratios = {}
+    for r in range(a.rounds):
+        ours = {d: longclip(a.longclip, d, a.threads) for d in dtypes}
+        peer = torch(a.threads, a.seconds)
+        row = {"round": r + 1, "torch": peer, "longclip": ours, "ratio": {}}
+        for d in dtypes:
+            for tower in ("image", "text"):
+                if tower in ours[d] and tower in peer:
+                    key = f"{tower} {d}"
+                    row["ratio"][key] = round(ours[d][tower] / peer[tower], 3)
+                    ratios.setdefault(key, []).append(ours[d][tower] / peer[tower])
+        print(json.dumps(row), flush=True)
+    print(f"\nratio to PyTorch f32, {a.threads} threads, median of {a.rounds} rounds (range):")
+    for key, values in ratios.items():
+        print(f"  {key:11} {statistics.median(values):.2f}x  ({min(values):.2f}-{max(values):.2f})")
+
+
+if __name__ == "__main__":
+    main()
