@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use serde_json::json;
 
 use crate::checkpoint::{self, Config};
 use crate::embed::{self, Embedder};
-use crate::model::{self, LongClip};
+use crate::kernels::peak::{dot_peak_gops, Dot};
+use crate::model::{self, LongClip, Precision};
 use crate::parity::ParitySetup;
 
 #[derive(Args)]
@@ -92,7 +93,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             // The machine's own f32 FMA loop on every thread: how close each tower comes to it.
             let (gflops, isa) = crate::kernels::peak::fma_peak_gflops(1.0);
             println!("{}", json!({"what": "f32 FMA peak (all threads)", "tflops": gflops / 1e3, "isa": isa, "threads": rayon::current_num_threads()}));
-            Some(gflops / 1e3)
+            // A low-precision path is measured against its own instruction's peak.
+            let dot = match precision {
+                Precision::Int8 => Some((Dot::Int8, "int8 VPDPBUSD peak (all threads)")),
+                Precision::Float(DType::BF16) => Some((Dot::Bf16, "bf16 VDPBF16PS peak (all threads)")),
+                _ => None,
+            };
+            match dot.and_then(|(dot, what)| Some((dot_peak_gops(dot, 1.0)?, what))) {
+                Some((gops, what)) => {
+                    println!("{}", json!({"what": what, "tops": gops / 1e3, "share_of_f32_peak": gops / gflops}));
+                    Some(gops / 1e3)
+                }
+                None => Some(gflops / 1e3),
+            }
         }
         (None, false) => None,
     };
