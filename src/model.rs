@@ -13,7 +13,7 @@ use candle_nn::{Embedding, LayerNorm, Linear};
 
 use crate::checkpoint::{Activation, Checkpoint, Config};
 use crate::family::{Family, TextPath};
-use crate::kernels::attention::{attention, AttentionShape};
+use crate::kernels::attention::{attention, attention_biased, AttentionShape};
 use crate::kernels::{elementwise, with_f32, Isa, Kernels};
 use crate::kernels::gemm_int8::{self, Output};
 use crate::kernels::gemm_bf16;
@@ -181,22 +181,47 @@ impl Norm {
 impl Norm {
     /// The residual add and this norm: `(x + delta, norm(x + delta))`, in one
     /// pass with the fused kernels.
-    fn forward_residual(&self, x: &Tensor, delta: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// `delta` is a layer's output whose bias (`bias`) is still to add.
+    fn forward_residual(&self, x: &Tensor, delta: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         let Some((w, b)) = self.fused(x) else {
-            let sum = (x + delta)?;
+            let sum = (x + add_bias(delta, bias)?)?;
             let normed = self.forward(&sum)?;
             return Ok((sum, normed));
         };
         let (x, delta) = (x.contiguous()?, delta.contiguous()?);
         let mut sum = vec![0f32; x.elem_count()];
         let mut out = vec![0f32; x.elem_count()];
+        let mut norm = |x: &[f32], d: &[f32], bias: Option<&[f32]>| {
+            elementwise::add_bias_layer_norm(Isa::detect(), x, d, bias, w, b, LN_EPS as f32, &mut sum, &mut out)
+        };
         with_f32(&x, |x| {
-            with_f32(&delta, |d| {
-                elementwise::add_layer_norm(Isa::detect(), x, d, w, b, LN_EPS as f32, &mut sum, &mut out)
+            with_f32(&delta, |d| match bias {
+                Some(bias) => with_f32(bias, |bias| norm(x, d, Some(bias))),
+                None => Ok(norm(x, d, None)),
             })
-        })??;
+        })???;
         Ok((Tensor::from_vec(sum, x.shape(), x.device())?, Tensor::from_vec(out, x.shape(), x.device())?))
     }
+}
+
+/// `delta + bias` (bias over the last dim), or `delta` without one.
+fn add_bias(delta: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match bias {
+        Some(b) => delta.broadcast_add(b)?,
+        None => delta.clone(),
+    })
+}
+
+/// The residual add `x + (delta + bias)`: one pass with the fused kernels
+/// on CPU f32, else candle's two adds.
+fn residual(x: &Tensor, delta: &Tensor, bias: Option<&Tensor>, kernels: Kernels) -> Result<Tensor> {
+    let Some(bias) = bias.filter(|_| kernels == Kernels::Fused && is_cpu_f32(x) && is_cpu_f32(delta)) else {
+        return Ok((x + add_bias(delta, bias)?)?);
+    };
+    let (x, delta) = (x.contiguous()?, delta.contiguous()?);
+    let mut out = vec![0f32; x.elem_count()];
+    with_f32(&x, |x| with_f32(&delta, |d| with_f32(bias, |b| elementwise::add_bias_residual(Isa::detect(), x, d, b, &mut out))))???;
+    Ok(Tensor::from_vec(out, x.shape(), x.device())?)
 }
 
 /// An f32 tensor on the CPU: what our kernels take.
@@ -283,6 +308,15 @@ fn rows_linear(inner: &Linear, x: &Tensor, flatten: bool) -> Result<Tensor> {
 }
 
 impl Dense {
+    /// `(x · Wᵀ, Some(b))` when the bias can be left to the next pass (see
+    /// [`Dense::forward_unbiased`]), else `(x · Wᵀ + b, None)`.
+    fn forward_deferred_bias(&self, x: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        match self.forward_unbiased(x)? {
+            Some((y, bias)) => Ok((y, Some(bias))),
+            None => Ok((self.forward(x)?, None)),
+        }
+    }
+
     /// QuickGELU of this layer's output, applied in the GEMM's epilogue (the
     /// int8 kernel), or None when the kernel has no such epilogue.
     fn forward_quick_gelu(&self, x: &Tensor) -> Result<Option<Tensor>> {
@@ -386,18 +420,28 @@ impl Attention {
     }
 
     /// Self-attention of `x` [b, l, w]; `mask` is the text tower's causal
-    /// mask (the only mask either tower uses), added to the scores.
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// mask (the only mask either tower uses), added to the scores. Returns
+    /// the output, and `out_proj`'s bias when it is left to the residual add.
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
         let (b, l, w) = x.dims3()?;
         let hd = w / self.heads;
         let fused = self.kernels == Kernels::Fused && !self.differentiable && self.dtype == DType::F32;
         if fused && is_cpu_f32(x) {
-            // The in_proj output [b, l, 3w] is [b, l, 3, heads, hd] as is.
-            let qkv = self.in_proj.forward(x)?.contiguous()?;
+            // The in_proj output [b, l, 3w] is [b, l, 3, heads, hd] as is;
+            // candle's f32 GEMM leaves its bias to the kernel.
+            let (qkv, bias) = match self.in_proj.forward_unbiased(x)? {
+                Some((qkv, bias)) => (qkv, Some(bias)),
+                None => (self.in_proj.forward(x)?, None),
+            };
+            let qkv = qkv.contiguous()?;
             let shape = AttentionShape { batch: b, len: l, heads: self.heads, head_dim: hd };
             let mut out = vec![0f32; b * l * w];
-            with_f32(&qkv, |qkv| attention(Isa::detect(), qkv, shape, self.scale as f32, mask.is_some(), &mut out))?;
-            return self.out_proj.forward(&Tensor::from_vec(out, (b, l, w), x.device())?);
+            let (scale, causal) = (self.scale as f32, mask.is_some());
+            with_f32(&qkv, |qkv| match &bias {
+                Some(bias) => with_f32(bias, |bias| attention_biased(Isa::detect(), qkv, Some(bias), shape, scale, causal, &mut out)),
+                None => Ok(attention(Isa::detect(), qkv, shape, scale, causal, &mut out)),
+            })??;
+            return self.out_proj.forward_deferred_bias(&Tensor::from_vec(out, (b, l, w), x.device())?);
         }
         let qkv = self.in_proj.forward(x)?.reshape((b, l, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
         let q = (qkv.get(0)?.contiguous()? * self.scale)?;
@@ -409,7 +453,7 @@ impl Attention {
         }
         let probs = softmax(&scores, self.differentiable)?;
         let out = matmul(&probs, &v, self.dtype)?.transpose(1, 2)?.reshape((b, l, w))?;
-        Ok(self.out_proj.forward(&out)?)
+        Ok((self.out_proj.forward(&out)?, None))
     }
 }
 
@@ -448,8 +492,8 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let attn = self.attn.forward(&layer_norm(&self.ln_1, x)?, mask)?;
-        let (x, normed) = self.ln_2.forward_residual(x, &attn)?;
+        let (attn, attn_bias) = self.attn.forward(&layer_norm(&self.ln_1, x)?, mask)?;
+        let (x, normed) = self.ln_2.forward_residual(x, &attn, attn_bias.as_ref())?;
         let fuse_bias = self.activation == Activation::QuickGelu && !self.attn.differentiable && self.ln_2.kernels == Kernels::Fused;
         let h = match self.fused_c_fc(&normed, fuse_bias)? {
             Some(h) => h,
@@ -463,7 +507,8 @@ impl Block {
                 }
             }
         };
-        Ok((x + self.c_proj.forward(&h)?)?)
+        let (delta, bias) = if fuse_bias { self.c_proj.forward_deferred_bias(&h)? } else { (self.c_proj.forward(&h)?, None) };
+        residual(&x, &delta, bias.as_ref(), self.ln_2.kernels)
     }
 }
 

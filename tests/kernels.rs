@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use longclip::checkpoint::{self, Activation, Config, TextConfig, VisionConfig};
-use longclip::kernels::attention::{attention, AttentionShape};
+use longclip::kernels::attention::{attention, attention_biased, AttentionShape};
 use longclip::kernels::simd::EXP_MIN;
 use longclip::kernels::{elementwise, with_f32, Isa, Kernels};
 use longclip::model::LongClip;
@@ -101,6 +101,50 @@ fn attention_causal_ignores_later_tokens() {
         let (a, b) = (run(&to_vec(&qkv)), run(&changed));
         assert_eq!(a[..8 * 24], b[..8 * 24], "{isa:?}");
         assert_ne!(a[8 * 24..], b[8 * 24..], "{isa:?}");
+    }
+}
+
+#[test]
+fn attention_adds_the_in_proj_bias_as_linear_would() {
+    // The bias added while reading q, k and v gives what adding it to the
+    // projection first gives (the same f32 additions), with and without the mask.
+    for &(batch, len, heads, hd) in &[(2, 197, 3, 64), (1, 13, 2, 12)] {
+        let shape = AttentionShape { batch, len, heads, head_dim: hd };
+        let w = heads * hd;
+        let qkv = to_vec(&randn(&[batch, len, 3 * w], 1.0, 21));
+        let bias = to_vec(&randn(&[3 * w], 1.0, 22));
+        let biased: Vec<f32> = qkv.iter().enumerate().map(|(i, x)| x + bias[i % (3 * w)]).collect();
+        for isa in Isa::available() {
+            for causal in [false, true] {
+                let (mut want, mut got) = (vec![0f32; batch * len * w], vec![0f32; batch * len * w]);
+                attention(isa, &biased, shape, 0.125, causal, &mut want);
+                attention_biased(isa, &qkv, Some(&bias), shape, 0.125, causal, &mut got);
+                assert_eq!(got, want, "{isa:?} causal={causal} {shape:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bias_left_to_the_residual_pass_is_linear_then_add() {
+    // out_proj's and c_proj's bias added in the residual pass: the same two
+    // f32 additions as Linear's bias add and then the residual add.
+    for &(rows, w) in &[(3, 768), (5, 13)] {
+        let (x, d, bias) = (to_vec(&randn(&[rows, w], 1.0, 31)), to_vec(&randn(&[rows, w], 1.0, 32)), to_vec(&randn(&[w], 1.0, 33)));
+        let (gamma, beta) = (to_vec(&randn(&[w], 1.0, 34)), to_vec(&randn(&[w], 1.0, 35)));
+        let biased: Vec<f32> = d.iter().enumerate().map(|(i, v)| v + bias[i % w]).collect();
+        let want_sum: Vec<f32> = x.iter().zip(&biased).map(|(a, b)| a + b).collect();
+        for isa in Isa::available() {
+            let mut got = vec![0f32; rows * w];
+            elementwise::add_bias_residual(isa, &x, &d, &bias, &mut got);
+            assert_eq!(got, want_sum, "{isa:?}");
+            let (mut sum, mut out, mut want_out) = (vec![0f32; rows * w], vec![0f32; rows * w], vec![0f32; rows * w]);
+            elementwise::add_bias_layer_norm(isa, &x, &d, Some(&bias), &gamma, &beta, 1e-5, &mut sum, &mut out);
+            let mut unused = vec![0f32; rows * w];
+            elementwise::add_layer_norm(isa, &x, &biased, &gamma, &beta, 1e-5, &mut unused, &mut want_out);
+            assert_eq!(sum, want_sum, "{isa:?}");
+            assert_eq!(out, want_out, "{isa:?}");
+        }
     }
 }
 

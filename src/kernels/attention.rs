@@ -44,13 +44,24 @@ impl AttentionShape {
 /// token), `out` is [batch, len, heads * head_dim].
 /// Panics when the slice lengths do not match `shape`.
 pub fn attention(isa: Isa, qkv: &[f32], shape: AttentionShape, scale: f32, causal: bool, out: &mut [f32]) {
+    attention_biased(isa, qkv, None, shape, scale, causal, out);
+}
+
+/// [`attention`] of `qkv + bias`, the `in_proj` bias `[3 * width]` added
+/// as q, k and v are read (in the order `(qkv + b) * scale` for q, as
+/// `Linear` then `q * scale`), which saves the bias add's pass over the
+/// [batch, len, 3 * width] projection.
+pub fn attention_biased(isa: Isa, qkv: &[f32], bias: Option<&[f32]>, shape: AttentionShape, scale: f32, causal: bool, out: &mut [f32]) {
     let AttentionShape { batch, len, heads, head_dim } = shape;
+    if let Some(b) = bias {
+        assert_eq!(b.len(), 3 * shape.width(), "attention: in_proj bias of {} values for width {}", b.len(), shape.width());
+    }
     let tokens = batch * len;
     assert_eq!(qkv.len(), tokens * 3 * shape.width(), "attention: qkv is not [{batch}, {len}, 3, {heads}, {head_dim}]");
     assert_eq!(out.len(), tokens * shape.width(), "attention: out is not [{batch}, {len}, {}]", shape.width());
     let out = OutPtr(out.as_mut_ptr());
     (0..batch * heads).into_par_iter().for_each(|task| {
-        attention_task(isa, qkv, shape, scale, causal, task / heads, task % heads, out);
+        attention_task(isa, qkv, bias, shape, scale, causal, task / heads, task % heads, out);
     });
 }
 
@@ -63,7 +74,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 simd_entry!(fn attention_task => attention_head(
-    qkv: &[f32], shape: AttentionShape, scale: f32, causal: bool, b: usize, h: usize, out: OutPtr));
+    qkv: &[f32], bias: Option<&[f32]>, shape: AttentionShape, scale: f32, causal: bool, b: usize, h: usize, out: OutPtr));
 
 fn round_up(n: usize, m: usize) -> usize {
     n.div_ceil(m) * m
@@ -74,6 +85,7 @@ fn round_up(n: usize, m: usize) -> usize {
 #[inline(always)]
 unsafe fn attention_head<S: Simd>(
     qkv: &[f32],
+    bias: Option<&[f32]>,
     shape: AttentionShape,
     scale: f32,
     causal: bool,
@@ -87,13 +99,18 @@ unsafe fn attention_head<S: Simd>(
     let hdp = round_up(hd, S::BLOCK_VECS * S::LANES);
     let token = |t: usize, part: usize| (b * l + t) * 3 * w + part * w + h * hd;
 
+    let zeros = vec![0f32; 3 * w];
+    let bias = bias.unwrap_or(&zeros);
+    let (bq, bk, bv) = (&bias[h * hd..][..hd], &bias[w + h * hd..][..hd], &bias[2 * w + h * hd..][..hd]);
     let mut kt = vec![0f32; hd * lp];
     let mut v = vec![0f32; l * hdp];
     for t in 0..l {
-        for (d, k) in qkv[token(t, 1)..][..hd].iter().enumerate() {
-            kt[d * lp + t] = *k;
+        for (d, (k, b)) in qkv[token(t, 1)..][..hd].iter().zip(bk).enumerate() {
+            kt[d * lp + t] = k + b;
         }
-        v[t * hdp..t * hdp + hd].copy_from_slice(&qkv[token(t, 2)..][..hd]);
+        for ((dst, x), b) in v[t * hdp..t * hdp + hd].iter_mut().zip(&qkv[token(t, 2)..][..hd]).zip(bv) {
+            *dst = x + b;
+        }
     }
     let mut q = vec![0f32; ROWS * hd];
     let mut scores = vec![0f32; ROWS * lp];
@@ -104,8 +121,8 @@ unsafe fn attention_head<S: Simd>(
         // Rows past the end repeat the last one; their results are dropped.
         for r in 0..ROWS {
             let src = &qkv[token(i0 + r.min(rows - 1), 0)..][..hd];
-            for (qd, s) in q[r * hd..(r + 1) * hd].iter_mut().zip(src) {
-                *qd = s * scale;
+            for ((qd, s), b) in q[r * hd..(r + 1) * hd].iter_mut().zip(src).zip(bq) {
+                *qd = (s + b) * scale;
             }
         }
         // Keys this block attends to: all, or up to its last row.

@@ -82,13 +82,55 @@ pub fn add_layer_norm(
     sum: &mut [f32],
     out: &mut [f32],
 ) {
+    add_bias_layer_norm(isa, x, delta, None, gamma, beta, eps, sum, out);
+}
+
+/// [`add_layer_norm`] with the bias of the layer that made `delta` (`None`:
+/// none): `sum = x + (delta + bias)`, the additions of `Linear` then the
+/// residual add, so `out_proj` can leave its bias to this pass.
+#[allow(clippy::too_many_arguments)]
+pub fn add_bias_layer_norm(
+    isa: Isa,
+    x: &[f32],
+    delta: &[f32],
+    bias: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    sum: &mut [f32],
+    out: &mut [f32],
+) {
     let w = check_rows("add_layer_norm", x.len(), out.len(), gamma, beta);
     assert!(delta.len() == x.len() && sum.len() == x.len(), "add_layer_norm: residual lengths differ");
+    assert!(bias.is_none_or(|b| b.len() == w), "add_layer_norm: bias length is not the width {w}");
     let n = ROWS_PER_TASK * w;
     x.par_chunks(n)
         .zip(delta.par_chunks(n))
         .zip(sum.par_chunks_mut(n).zip(out.par_chunks_mut(n)))
-        .for_each(|((x, d), (s, out))| layer_norm_chunk(isa, x, Some(d), gamma, beta, eps, Some(s), out));
+        .for_each(|((x, d), (s, out))| layer_norm_chunk(isa, x, Some((d, bias)), gamma, beta, eps, Some(s), out));
+}
+
+/// The residual add of a layer whose bias was left out: `out = x + (delta
+/// + bias)` (rows of `bias.len()`), one pass instead of `Linear`'s bias add
+/// and then the residual add, with the same two roundings.
+pub fn add_bias_residual(isa: Isa, x: &[f32], delta: &[f32], bias: &[f32], out: &mut [f32]) {
+    let w = bias.len().max(1);
+    assert!(x.len() == delta.len() && x.len() == out.len() && x.len() % w == 0, "add_bias_residual: lengths differ");
+    let n = ROWS_PER_TASK * w;
+    x.par_chunks(n)
+        .zip(delta.par_chunks(n))
+        .zip(out.par_chunks_mut(n))
+        .for_each(|((x, d), out)| residual_chunk(isa, x, d, bias, out));
+}
+
+simd_entry!(fn residual_chunk => residual_rows(x: &[f32], delta: &[f32], bias: &[f32], out: &mut [f32]));
+
+#[inline(always)]
+unsafe fn residual_rows<S: Simd>(x: &[f32], delta: &[f32], bias: &[f32], out: &mut [f32]) {
+    let w = bias.len().max(1);
+    for ((x, d), o) in x.chunks(w).zip(delta.chunks(w)).zip(out.chunks_mut(w)) {
+        add_row::<S>(x, d, Some(bias), o);
+    }
 }
 
 fn check_rows(what: &str, x: usize, out: usize, gamma: &[f32], beta: &[f32]) -> usize {
@@ -99,13 +141,13 @@ fn check_rows(what: &str, x: usize, out: usize, gamma: &[f32], beta: &[f32]) -> 
 }
 
 simd_entry!(fn layer_norm_chunk => layer_norm_rows(
-    x: &[f32], delta: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32, sum: Option<&mut [f32]>, out: &mut [f32]));
+    x: &[f32], delta: Option<(&[f32], Option<&[f32]>)>, gamma: &[f32], beta: &[f32], eps: f32, sum: Option<&mut [f32]>, out: &mut [f32]));
 
 /// Rows of `x` (plus `delta`, stored to `sum`) normalized into `out`.
 #[inline(always)]
 unsafe fn layer_norm_rows<S: Simd>(
     x: &[f32],
-    delta: Option<&[f32]>,
+    delta: Option<(&[f32], Option<&[f32]>)>,
     gamma: &[f32],
     beta: &[f32],
     eps: f32,
@@ -117,8 +159,8 @@ unsafe fn layer_norm_rows<S: Simd>(
         let row = r * w..(r + 1) * w;
         // The row being normalized: x, or x + delta written to `sum`.
         let src: &[f32] = match (delta, sum.as_deref_mut()) {
-            (Some(d), Some(s)) => {
-                add_row::<S>(&x[row.clone()], &d[row.clone()], &mut s[row.clone()]);
+            (Some((d, bias)), Some(s)) => {
+                add_row::<S>(&x[row.clone()], &d[row.clone()], bias, &mut s[row.clone()]);
                 &s[row]
             }
             _ => &x[row],
@@ -140,15 +182,20 @@ unsafe fn layer_norm_rows<S: Simd>(
     }
 }
 
+/// `s = x + d`, or `x + (d + bias)` with a bias (one row).
 #[inline(always)]
-unsafe fn add_row<S: Simd>(x: &[f32], d: &[f32], s: &mut [f32]) {
+unsafe fn add_row<S: Simd>(x: &[f32], d: &[f32], bias: Option<&[f32]>, s: &mut [f32]) {
     let mut j = 0;
     while j + S::LANES <= x.len() {
-        S::store(s.as_mut_ptr().add(j), S::add(S::load(x.as_ptr().add(j)), S::load(d.as_ptr().add(j))));
+        let mut dv = S::load(d.as_ptr().add(j));
+        if let Some(b) = bias {
+            dv = S::add(dv, S::load(b.as_ptr().add(j)));
+        }
+        S::store(s.as_mut_ptr().add(j), S::add(S::load(x.as_ptr().add(j)), dv));
         j += S::LANES;
     }
     for j in j..x.len() {
-        s[j] = x[j] + d[j];
+        s[j] = x[j] + bias.map_or(d[j], |b| d[j] + b[j]);
     }
 }
 
