@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""longclip's CPU towers against PyTorch's, in alternating rounds of one run.
+r"""longclip's CPU towers against PyTorch's, in alternating rounds of one run.
 
 A shared or virtual machine drifts by 20-30% over minutes, more than the
 differences being measured, so each round times `longclip bench` (every
@@ -22,12 +22,22 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+DTYPES = ("f32", "bf16", "int8", "f16", "auto")
+
+
+def run(cmd, env=None):
+    """stdout of `cmd`; on failure, exits with its command line and stderr."""
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"cpu_vs_torch: {' '.join(cmd)} failed (exit {done.returncode}):\n{done.stderr.strip()}")
+    return done.stdout
+
+
 def longclip(binary, dtype, threads):
     """{"image": images/s, "text": texts/s} from one `longclip bench` run."""
     cmd = [binary, "bench", "--model", "longclip-b", "--device", "cpu", "--dtype", dtype,
            "--image-batch", "8", "--text-batch", "32", "--text-tokens", "120", "--iters", "3"]
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    out = run(cmd, dict(os.environ, RAYON_NUM_THREADS=str(threads)))
     got = {}
     for line in out.splitlines():
         row = json.loads(line) if line.startswith("{") else {}
@@ -43,7 +53,7 @@ def torch(threads, seconds):
     """PyTorch's image and trimmed 120-token text throughput."""
     cmd = [sys.executable, os.path.join(HERE, "torch_bench.py"), "--only", "encoders",
            "--threads", str(threads), "--seconds", str(seconds)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = run(cmd)
     got = {}
     for line in out.splitlines():
         row = json.loads(line) if line.startswith("{") else {}
@@ -62,9 +72,18 @@ def main():
     p.add_argument("--seconds", type=float, default=8.0, help="PyTorch's time per measurement")
     p.add_argument("--dtypes", default="f32,bf16,int8")
     a = p.parse_args()
-    if not os.access(a.longclip, os.X_OK):
-        sys.exit(f"cpu_vs_torch: {a.longclip} is not an executable (build with cargo build --release)")
-    dtypes = a.dtypes.split(",")
+    if not (os.path.isfile(a.longclip) and os.access(a.longclip, os.X_OK)):
+        sys.exit(f"cpu_vs_torch: {a.longclip} is not an executable file (build with cargo build --release)")
+    dtypes = [d.strip().lower() for d in a.dtypes.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad or not dtypes:
+        sys.exit(f"cpu_vs_torch: unknown --dtypes {','.join(bad) or a.dtypes!r} (choose from {', '.join(DTYPES)})")
+    if a.rounds < 1 or a.threads < 1 or a.seconds <= 0:
+        sys.exit("cpu_vs_torch: --rounds and --threads must be at least 1, --seconds positive")
+    try:
+        import torch  # noqa: F401  (benches/torch_bench.py needs it; fail before minutes of longclip runs)
+    except ImportError:
+        sys.exit(f"cpu_vs_torch: {sys.executable} has no torch; run it with a Python that has torch and numpy")
     ratios, best_ours, best_peer = {}, {}, {}
     for r in range(a.rounds):
         ours = {d: longclip(a.longclip, d, a.threads) for d in dtypes}

@@ -794,7 +794,7 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 /// `f32`, `f16`, `bf16`, or `auto`: f32 on CPU, f16 on CUDA. (`int8` is
 /// not a candle dtype and not trainable: see [`precision`].)
 pub fn compute_dtype(name: &str, device: &Device) -> Result<DType> {
-    match name {
+    match dtype_name(name).as_str() {
         "auto" if device.is_cuda() => Ok(DType::F16),
         "auto" | "f32" => Ok(DType::F32),
         "f16" => Ok(DType::F16),
@@ -804,16 +804,39 @@ pub fn compute_dtype(name: &str, device: &Device) -> Result<DType> {
     }
 }
 
+/// A dtype name as given (any case; PyTorch's `fp32`, `float32`, `fp16`,
+/// `float16`, `bfloat16` too) as ours: `f32`, `f16`, `bf16`, ....
+pub fn dtype_name(name: &str) -> String {
+    let name = name.trim().to_ascii_lowercase();
+    match name.as_str() {
+        "fp32" | "float32" | "float" => "f32".into(),
+        "fp16" | "float16" | "half" => "f16".into(),
+        "bfloat16" => "bf16".into(),
+        "qint8" => "int8".into(),
+        _ => name,
+    }
+}
+
 /// `--dtype` for inference: [`compute_dtype`]'s names, or `int8` (CPU only).
 /// `auto` stays f32 on the CPU: the exact path is the default.
 /// Errors: an unknown name, or int8 on CUDA.
 pub fn precision(name: &str, device: &Device) -> Result<Precision> {
-    match name {
+    let name = dtype_name(name);
+    match name.as_str() {
         "int8" if !device.is_cpu() => bail!("--dtype int8 runs on the CPU only; on CUDA use f16, bf16 or f32"),
         "int8" => Ok(Precision::Int8),
-        "auto" | "f32" | "f16" | "bf16" => Ok(Precision::Float(compute_dtype(name, device)?)),
+        "auto" | "f32" | "f16" | "bf16" => Ok(Precision::Float(compute_dtype(&name, device)?)),
         other => bail!("unknown dtype '{other}' (expected auto, f32, f16, bf16 or int8)"),
     }
+}
+
+/// [`device`], refusing int8 off the CPU first: a user asking for int8 on
+/// CUDA learns that before being told how to build with CUDA.
+pub fn device_for(name: &str, dtype: &str) -> Result<Device> {
+    if dtype_name(dtype) == "int8" && name.trim().to_lowercase() != "cpu" {
+        bail!("--dtype int8 runs on the CPU only; on CUDA use f16, bf16 or f32");
+    }
+    device(name)
 }
 
 /// `cpu`, `cuda` or `cuda:N`.

@@ -188,6 +188,11 @@ fn dtype_names_and_int8_refused_off_the_cpu_and_in_training() {
     assert_eq!(model::precision("int8", &Device::Cpu).unwrap(), Precision::Int8);
     assert_eq!(model::precision("auto", &Device::Cpu).unwrap(), Precision::Float(DType::F32));
     assert_eq!(Precision::Int8.name(), "int8");
+    // Any case, and PyTorch's names.
+    assert_eq!(model::precision("F32", &Device::Cpu).unwrap(), Precision::Float(DType::F32));
+    assert_eq!(model::precision("fp16", &Device::Cpu).unwrap(), Precision::Float(DType::F16));
+    assert_eq!(model::precision(" BFloat16 ", &Device::Cpu).unwrap(), Precision::Float(DType::BF16));
+    assert_eq!(model::precision("INT8", &Device::Cpu).unwrap(), Precision::Int8);
     assert_eq!(Precision::Float(DType::BF16).name(), "bf16");
     let err = model::compute_dtype("int8", &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("int8 is for inference"), "{err}");

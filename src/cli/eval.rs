@@ -106,7 +106,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// Says, once, what int8 does to the numbers (issue 16: eval warns).
     fn warn_dtype(&self) {
-        if self.dtype == "int8" {
+        if crate::model::dtype_name(&self.dtype) == "int8" {
             eprintln!(
                 "warning: --dtype int8 quantizes the linear layers (docs/cpu.md, \"bf16 and int8\"): R@K can move by up to \
                  about a point from f32; use f32 to reproduce published tables"

@@ -140,7 +140,7 @@ struct RunArgs {
     /// What the image tower computes in: f32 (exact; the default for a
     /// build), bf16, or int8 (CPU only; faster, for large photo libraries:
     /// rankings can move, see docs/cpu.md). Recorded in the manifest; `add`
-    /// defaults to what the index recorded.
+    /// defaults to what the index recorded (f32 once it mixes dtypes).
     #[arg(long)]
     compute_dtype: Option<String>,
     /// Images per saved chunk: the most an interrupted build has to redo.
@@ -324,8 +324,9 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
 
 /// The model in `run.compute_dtype`, else in `default` (f32, or an index's own).
 fn load_model(path: &Path, run: &RunArgs, default: &str) -> Result<(LongClip, candle_core::Device, index::ModelInfo)> {
-    let device = model::device(&run.device)?;
-    let precision = model::precision(run.compute_dtype.as_deref().unwrap_or(default), &device)?;
+    let dtype = run.compute_dtype.as_deref().unwrap_or(default);
+    let device = model::device_for(&run.device, dtype)?;
+    let precision = model::precision(dtype, &device)?;
     let ckpt = checkpoint::load(path)?;
     let info = search::model_info(&ckpt, path)?;
     let model = LongClip::new(&ckpt, &device, precision)?;

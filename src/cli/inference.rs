@@ -56,7 +56,7 @@ pub struct InferenceArgs {
 
 pub fn run(a: InferenceArgs) -> Result<()> {
     let start = Instant::now();
-    let device = model::device(&a.device)?;
+    let device = model::device_for(&a.device, &a.dtype)?;
     let ckpt = checkpoint::load(&a.model)?;
     let info = search::model_info(&ckpt, &a.model)?;
     let model = LongClip::new(&ckpt, &device, model::precision(&a.dtype, &device)?)?;

@@ -209,11 +209,11 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
-    match s {
+    match model::dtype_name(s).as_str() {
         "f32" => Ok(DType::F32),
         "f16" => Ok(DType::F16),
         "bf16" => Ok(DType::BF16),
-        other => bail!("unknown dtype '{other}' (expected f32, f16 or bf16)"),
+        _ => bail!("unknown dtype '{s}' (expected f32, f16 or bf16)"),
     }
 }
 
@@ -232,7 +232,7 @@ fn tokenize(texts: &Path, context_length: usize, family: Family, out: Option<&Pa
 }
 
 fn load_model(path: &Path, device: &str, dtype: &str, text_path: Option<TextPath>) -> Result<(LongClip, Device)> {
-    let device = model::device(device)?;
+    let device = model::device_for(device, dtype)?;
     let precision = model::precision(dtype, &device)?;
     let ckpt = checkpoint::load(path)?;
     let model = LongClip::with_text_path(&ckpt, &device, precision, text_path)?;

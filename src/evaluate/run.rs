@@ -101,7 +101,7 @@ impl LoadedModel {
     /// family without that text path runs its default instead of failing
     /// (for runs of several models); the returned note says so.
     pub fn load(path: &Path, label: &str, opts: &RunOptions, lenient: bool) -> Result<(Self, Option<String>)> {
-        let device = model::device(&opts.device)?;
+        let device = model::device_for(&opts.device, &opts.dtype)?;
         let ckpt = checkpoint::load(path)?;
         let family = ckpt.config.family;
         let (text_path, note) = match opts.text_path {
@@ -192,7 +192,7 @@ fn for_each_model<T>(
     if let Some(missing) = paths.iter().find(|p| !p.exists()) {
         bail!("{}: no such file or directory (no model was run)", missing.display());
     }
-    model::precision(&opts.dtype, &model::device(&opts.device)?)?;
+    model::precision(&opts.dtype, &model::device_for(&opts.device, &opts.dtype)?)?;
     let labels = model_labels(paths);
     let lenient = paths.len() > 1;
     let mut out = Vec::with_capacity(paths.len());

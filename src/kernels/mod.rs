@@ -29,11 +29,15 @@ pub enum Kernels {
 }
 
 impl Kernels {
-    /// `LONGCLIP_KERNELS=candle` selects candle's ops; anything else (or
-    /// unset) the fused kernels.
+    /// `LONGCLIP_KERNELS=candle` selects candle's ops; `fused` or unset the
+    /// fused kernels; any other value warns and uses the fused kernels.
     pub fn from_env() -> Kernels {
         match std::env::var("LONGCLIP_KERNELS") {
             Ok(v) if v.eq_ignore_ascii_case("candle") => Kernels::Candle,
+            Ok(v) if !v.is_empty() && !v.eq_ignore_ascii_case("fused") => {
+                eprintln!("warning: LONGCLIP_KERNELS={v} is not `candle` or `fused`; using the fused kernels");
+                Kernels::Fused
+            }
             _ => Kernels::Fused,
         }
     }

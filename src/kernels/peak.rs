@@ -30,9 +30,10 @@ pub enum Dot {
 }
 
 /// G(FL)OP/s (a multiply-add counts 2) of `seconds` of `dot` loops on all
-/// rayon threads, or None when the CPU lacks the instruction. On Intel
-/// cores VDPBF16PS issues at half the FMA rate, so the bf16 peak is half
-/// the f32 one there (docs/cpu.md).
+/// rayon threads, or None when the CPU lacks the instruction. A VDPBF16PS
+/// does twice an FMA's work, but on the Intel core this was measured on it
+/// issues once every two cycles against two FMAs a cycle, so the bf16 peak
+/// is half the f32 one there (docs/cpu.md).
 pub fn dot_peak_gops(dot: Dot, seconds: f64) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
