@@ -365,3 +365,15 @@ fn imagenet_folders_in_wnid_order() {
     let e = format!("{:#}", classes::load("imagenet", &val.join("n01000000")).unwrap_err());
     assert!(e.contains("not an ImageNet layout"), "{e}");
 }
+
+#[test]
+fn limit_is_refused_where_it_would_do_nothing() {
+    // --limit sizes ShareGPT4V's test set; on a fixed protocol it used to be
+    // ignored silently (eval --limit 10 on urban1k ran all 1,000 pairs).
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LoadOptions { limit: Some(10), ..Default::default() };
+    for name in ["urban1k", "coco", "dci"] {
+        let e = err(datasets::load(name, dir.path(), &opts));
+        assert!(e.contains("--limit") && e.contains(name), "{name}: {e}");
+    }
+}

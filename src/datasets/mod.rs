@@ -160,9 +160,15 @@ impl Default for LoadOptions {
 
 /// Loads a retrieval dataset by name from `root` (a folder, or the file
 /// itself for csv / jsonl).
+/// Errors: a missing root, a bad file, or `limit` with a dataset other
+/// than ShareGPT4V (whose test set it sizes; elsewhere it would silently
+/// do nothing, or change a benchmark's protocol).
 pub fn load(name: &str, root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     if !root.exists() {
         bail!("{}: no such file or directory", root.display());
+    }
+    if opts.limit.is_some() && name != "sharegpt4v" {
+        bail!("--limit sizes ShareGPT4V's test set; {name} has a fixed protocol (leave --limit out)");
     }
     let mut data = match name {
         "coco" => coco::load(root, opts)?,
