@@ -12,8 +12,9 @@ use longclip::kernels::{gemm_bf16, gemm_int8};
 use longclip::model::{self, LongClip, Precision};
 use longclip::rng::SplitMix;
 
-/// (m, n, k): 1-row inputs, m/n/k off the block sizes (MR 8, NR 32, tiles
-/// 64 x 128), odd k, and LongCLIP-B's widest K.
+/// (m, n, k): 1-row inputs, m/n/k off the block sizes (MR 8 for bf16 and
+/// 12 for int8, NR 32; tiles 64 x 128 and 96 x 128), odd k, and
+/// LongCLIP-B's widest K.
 const SHAPES: &[(usize, usize, usize)] = &[
     (1, 1, 4),
     (1, 33, 7),
