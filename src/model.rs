@@ -830,13 +830,16 @@ pub fn precision(name: &str, device: &Device) -> Result<Precision> {
     }
 }
 
-/// [`device`], refusing int8 off the CPU first: a user asking for int8 on
-/// CUDA learns that before being told how to build with CUDA.
-pub fn device_for(name: &str, dtype: &str) -> Result<Device> {
-    if dtype_name(dtype) == "int8" && name.trim().to_lowercase() != "cpu" {
+/// `--device` and `--dtype` together: [`device`] and [`precision`], with
+/// int8 off the CPU refused before the device is opened, so a user asking
+/// for int8 on CUDA learns that before being told how to build with CUDA.
+pub fn device_and_precision(device_name: &str, dtype: &str) -> Result<(Device, Precision)> {
+    if dtype_name(dtype) == "int8" && device_name.trim().to_lowercase() != "cpu" {
         bail!("--dtype int8 runs on the CPU only; on CUDA use f16, bf16 or f32");
     }
-    device(name)
+    let device = device(device_name)?;
+    let precision = precision(dtype, &device)?;
+    Ok((device, precision))
 }
 
 /// `cpu`, `cuda` or `cuda:N`.

@@ -72,24 +72,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.iters == 0 || args.image_batch == 0 || args.text_batch == 0 {
         bail!("--iters, --image-batch and --text-batch must be at least 1");
     }
-    // Names are checked before the weights are generated (seconds at longclip-l).
-    if !args.parity && args.write_checkpoint.is_none() {
-        model::precision(&args.dtype, &model::device_for(&args.device, &args.dtype)?)?;
-    }
-    let ckpt = match Config::preset(&args.model) {
-        Ok(config) => checkpoint::random(&config, args.seed)?,
-        Err(_) => checkpoint::load(args.model.as_ref())?,
-    };
     if let Some(out) = &args.write_checkpoint {
+        let ckpt = bench_checkpoint(&args)?;
         crate::export::save_checkpoint(&ckpt, out)?;
         eprintln!("wrote {} ({} parameters)", crate::term::path(out), ckpt.parameter_count());
         return Ok(());
     }
-    let device = model::device_for(&args.device, &args.dtype)?;
+    // Device and dtype are checked before the weights are generated (seconds at longclip-l).
     if args.parity {
-        return parity(&args, &ckpt, &device);
+        let device = model::device(&args.device)?;
+        return parity(&args, &bench_checkpoint(&args)?, &device);
     }
-    let precision = model::precision(&args.dtype, &device)?;
+    let (device, precision) = model::device_and_precision(&args.device, &args.dtype)?;
+    let ckpt = bench_checkpoint(&args)?;
     let model = LongClip::new(&ckpt, &device, precision)?;
     let head = json!({"model": args.model, "device": args.device, "dtype": precision.name()});
     println!("{head}");
@@ -131,6 +126,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         println!("{}", json!({"what": format!("end to end from files, batch {}", args.image_batch), "per_second": rate, "unit": "images/s"}));
     }
     Ok(())
+}
+
+/// A preset's random weights, or the checkpoint file `--model` names.
+fn bench_checkpoint(args: &BenchArgs) -> Result<checkpoint::Checkpoint> {
+    match Config::preset(&args.model) {
+        Ok(config) => checkpoint::random(&config, args.seed),
+        Err(_) => checkpoint::load(args.model.as_ref()),
+    }
 }
 
 fn parity(args: &BenchArgs, ckpt: &checkpoint::Checkpoint, device: &Device) -> Result<()> {

@@ -325,8 +325,7 @@ pub fn run_index(args: IndexArgs) -> Result<()> {
 /// The model in `run.compute_dtype`, else in `default` (f32, or an index's own).
 fn load_model(path: &Path, run: &RunArgs, default: &str) -> Result<(LongClip, candle_core::Device, index::ModelInfo)> {
     let dtype = run.compute_dtype.as_deref().unwrap_or(default);
-    let device = model::device_for(&run.device, dtype)?;
-    let precision = model::precision(dtype, &device)?;
+    let (device, precision) = model::device_and_precision(&run.device, dtype)?;
     let ckpt = checkpoint::load(path)?;
     let info = search::model_info(&ckpt, path)?;
     let model = LongClip::new(&ckpt, &device, precision)?;

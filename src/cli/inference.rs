@@ -56,10 +56,10 @@ pub struct InferenceArgs {
 
 pub fn run(a: InferenceArgs) -> Result<()> {
     let start = Instant::now();
-    let device = model::device_for(&a.device, &a.dtype)?;
+    let (device, precision) = model::device_and_precision(&a.device, &a.dtype)?;
     let ckpt = checkpoint::load(&a.model)?;
     let info = search::model_info(&ckpt, &a.model)?;
-    let model = LongClip::new(&ckpt, &device, model::precision(&a.dtype, &device)?)?;
+    let model = LongClip::new(&ckpt, &device, precision)?;
     drop(ckpt);
     let opts = InferenceOptions {
         input: a.input,

@@ -232,8 +232,7 @@ fn tokenize(texts: &Path, context_length: usize, family: Family, out: Option<&Pa
 }
 
 fn load_model(path: &Path, device: &str, dtype: &str, text_path: Option<TextPath>) -> Result<(LongClip, Device)> {
-    let device = model::device_for(device, dtype)?;
-    let precision = model::precision(dtype, &device)?;
+    let (device, precision) = model::device_and_precision(device, dtype)?;
     let ckpt = checkpoint::load(path)?;
     let model = LongClip::with_text_path(&ckpt, &device, precision, text_path)?;
     Ok((model, device))

@@ -101,7 +101,7 @@ impl LoadedModel {
     /// family without that text path runs its default instead of failing
     /// (for runs of several models); the returned note says so.
     pub fn load(path: &Path, label: &str, opts: &RunOptions, lenient: bool) -> Result<(Self, Option<String>)> {
-        let device = model::device_for(&opts.device, &opts.dtype)?;
+        let (device, precision) = model::device_and_precision(&opts.device, &opts.dtype)?;
         let ckpt = checkpoint::load(path)?;
         let family = ckpt.config.family;
         let (text_path, note) = match opts.text_path {
@@ -112,7 +112,6 @@ impl LoadedModel {
             p => (p, None),
         };
         let fingerprint = ckpt.fingerprint()?;
-        let precision = model::precision(&opts.dtype, &device)?;
         let model = LongClip::with_text_path(&ckpt, &device, precision, text_path)?;
         let info = ModelInfo {
             path: path.to_path_buf(),
@@ -192,7 +191,7 @@ fn for_each_model<T>(
     if let Some(missing) = paths.iter().find(|p| !p.exists()) {
         bail!("{}: no such file or directory (no model was run)", missing.display());
     }
-    model::precision(&opts.dtype, &model::device_for(&opts.device, &opts.dtype)?)?;
+    model::device_and_precision(&opts.device, &opts.dtype)?;
     let labels = model_labels(paths);
     let lenient = paths.len() > 1;
     let mut out = Vec::with_capacity(paths.len());
