@@ -71,8 +71,25 @@ pub fn list_images(path: &Path) -> Result<Vec<PathBuf>> {
     if is_image_path(path) {
         return Ok(vec![path.to_path_buf()]);
     }
-    let list = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read image list", path.display()))?;
+    let list = match std::fs::read_to_string(path) {
+        Ok(list) => list,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{}: no such file or directory (expected a folder, an image, or a text file listing images)", path.display())
+        }
+        Err(e) => bail!("{}: cannot read as a list of images (one path a line): {e}", path.display()),
+    };
     Ok(list.lines().map(str::trim).filter(|l| !l.is_empty()).map(PathBuf::from).collect())
+}
+
+/// Why an image was skipped, without its name: the lists that hold the
+/// reason put the file beside it (`PATH: REASON`, `{path, reason}`), and the
+/// image pipeline's errors (`Transform::from_path`, `from_bytes`) begin with
+/// `NAME: `. `message` is the error as `{e:#}` prints it.
+pub fn skip_reason(name: &str, message: String) -> String {
+    match message.strip_prefix(name).and_then(|rest| rest.strip_prefix(": ")) {
+        Some(reason) => reason.to_string(),
+        None => message,
+    }
 }
 
 fn walk_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -198,7 +215,7 @@ impl Embedder<'_> {
                             pixels.extend_from_slice(&p);
                             kept.push(paths[i].clone());
                         }
-                        Err(e) => skipped.push((paths[i].clone(), format!("{e:#}"))),
+                        Err(e) => skipped.push((paths[i].clone(), skip_reason(&paths[i].display().to_string(), format!("{e:#}")))),
                     }
                 }
                 let size = transform.size;
@@ -285,4 +302,20 @@ pub fn sidecar(out: &Path, suffix: &str) -> PathBuf {
 pub fn summary(what: &str, count: usize, start: Instant) -> String {
     let secs = start.elapsed().as_secs_f64();
     format!("embedded {count} {what} in {secs:.2} s ({:.1}/s)", count as f64 / secs.max(1e-9))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skip_reason;
+
+    #[test]
+    fn skip_reasons_drop_the_leading_name_only() {
+        let reason = |name: &str, msg: &str| skip_reason(name, msg.to_string());
+        assert_eq!(reason("imgs/bad.png", "imgs/bad.png: not an image: unknown format"), "not an image: unknown format");
+        assert_eq!(reason("a.png", "a.png: file not found"), "file not found");
+        // A message that does not start with the name is kept whole.
+        assert_eq!(reason("a.png", "decoder failed"), "decoder failed");
+        assert_eq!(reason("a.png", "a.pngx: other"), "a.pngx: other");
+        assert_eq!(reason("a.png", "b/a.png: x"), "b/a.png: x");
+    }
 }

@@ -87,6 +87,13 @@ pub fn method(index: &Index, opts: &Options) -> Method {
     }
 }
 
+/// What the CLI's summary lines put in brackets: the method and the
+/// index's embedding types as `index info` names them, e.g.
+/// `exact; f16, computed in f32+int8`.
+pub fn summary(index: &Index, opts: &Options) -> String {
+    format!("{}; {}", method(index, opts), index.manifest.dtype_summary())
+}
+
 /// Checks every query: the index's dimension, finite, not all zeros.
 /// Errors name the query row.
 pub fn check_queries(index: &Index, queries: &[Vec<f32>]) -> Result<()> {

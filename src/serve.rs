@@ -105,6 +105,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "count": m.count,
         "dim": m.dim,
         "dtype": m.dtype,
+        "compute_dtype": m.compute_dtype(),
         "model": m.model.path,
         "hnsw": m.hnsw.is_some(),
         "text_search": state.encoder.is_some(),
@@ -251,6 +252,8 @@ fn blocking_search(state: &AppState, req: Request) -> Result<Response, ApiError>
         "truncated": truncated,
         "method": method.to_string(),
         "count": index.len(),
+        "dtype": index.manifest.dtype,
+        "compute_dtype": index.manifest.compute_dtype(),
         "took_ms": start.elapsed().as_secs_f64() * 1000.0,
         "results": hits.into_iter().next().unwrap_or_default(),
     });

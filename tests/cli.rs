@@ -162,6 +162,24 @@ fn embed_images_from_a_list_and_nothing_usable_fails() {
     std::fs::create_dir(&empty).unwrap();
     let err = fails(&["embed", "--model", s(&model()), "--images", s(&empty), "--out", s(&out)]);
     assert!(err.contains("no images found"), "{err}");
+
+    // A path that is not there: named first, then what happened, once.
+    let gone = dir.path().join("nonexistent");
+    let err = fails(&["embed", "--model", s(&model()), "--images", s(&gone), "--out", s(&out)]);
+    let want = format!("{}: no such file or directory (expected a folder, an image, or a text file listing images)", gone.display());
+    assert!(err.contains(&want) && !err.contains("os error"), "{err}");
+
+    // A list naming a corrupt image: the skip line names the path once.
+    let bad_png = dir.path().join("bad.png");
+    std::fs::write(&bad_png, b"not a png at all").unwrap();
+    std::fs::write(&list, format!("{}\n{}\n", s(&fixture("images/logo.png")), s(&bad_png))).unwrap();
+    let run = ok(&["embed", "--model", s(&model()), "--images", s(&list), "--out", s(&out)]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let line = stderr.lines().find(|l| l.starts_with("skipped ") && l.contains("bad.png")).unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(line.matches("bad.png").count(), 1, "{line}");
+    assert!(line.starts_with(&format!("skipped {}: not an image: unknown format", bad_png.display())), "{line}");
+    let listed = std::fs::read_to_string(dir.path().join("l.skipped.txt")).unwrap();
+    assert_eq!(listed.matches("bad.png").count(), 1, "{listed}");
 }
 
 #[test]

@@ -339,6 +339,47 @@ fn add_embeds_new_and_changed_files_and_remove_drops_entries() {
     assert_eq!(dirs, m.segments.len());
 }
 
+/// An `index add` in another compute dtype warns once, when it makes the
+/// index mixed; later adds in any of its dtypes do not. `index info` and
+/// `search` name the mix.
+#[test]
+fn a_mixed_compute_dtype_is_said_once_and_shown_by_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    make_images(&images, 3, 300);
+    let index = dir.path().join("idx");
+    ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index), "--dtype", "f32", "--no-hnsw"]);
+    let like = ["search", "--index", s(&index), "--like", "0", "-k", "2"];
+    let stderr = |out: std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let searched = stderr(ok(&like));
+    assert!(searched.contains("searched 3 vectors (exact; f32, computed in f32)"), "{searched}");
+
+    let add = |seed: u32, dtype: Option<&str>| {
+        picture(seed, 64).save(images.join(format!("new{seed}.png"))).unwrap();
+        let mut args = vec!["index", "add", "--index", s(&index)];
+        if let Some(d) = dtype {
+            args.extend(["--compute-dtype", d]);
+        }
+        stderr(ok(&args))
+    };
+    let first = add(400, Some("int8"));
+    assert!(first.contains("warning") && first.contains("embedded in int8") && first.contains("computed in f32+int8"), "{first}");
+    // Later adds, in f32 (the default on a mixed index) or int8 again: no warning.
+    for (seed, dtype) in [(401, None), (402, Some("int8")), (403, Some("f32"))] {
+        let later = add(seed, dtype);
+        assert!(later.contains("1 this run") && !later.contains("warning"), "{dtype:?}: {later}");
+    }
+    let info = info_json(&index);
+    assert_eq!((info["count"].as_u64(), info["compute_dtype"].as_str()), (Some(7), Some("f32+int8")));
+    let text = String::from_utf8(ok(&["index", "info", "--index", s(&index)]).stdout).unwrap();
+    assert!(text.contains("7 x 64 f32, computed in f32+int8"), "{text}");
+    let searched = stderr(ok(&like));
+    assert!(searched.contains("searched 7 vectors (exact; f32, computed in f32+int8)"), "{searched}");
+    // A third dtype extends the mix: said once more.
+    let third = add(404, Some("bf16"));
+    assert!(third.contains("warning") && third.contains("computed in f32+int8+bf16"), "{third}");
+}
+
 #[test]
 fn a_second_writer_is_refused_while_the_lock_is_held() {
     let dir = tempfile::tempdir().unwrap();
@@ -415,10 +456,15 @@ fn bad_files_are_skipped_with_reasons_and_the_rest_indexed() {
     for name in ["zero.jpg", "corrupt.png", "truncated.png", "huge.png", "letter.JPG", "readme.md"] {
         let reason = skipped.get(name).unwrap_or_else(|| panic!("{name} not listed: {skipped:?}"));
         assert!(!reason.is_empty());
+        // The list puts the path beside the reason; the reason does not repeat it.
+        assert!(!reason.contains(name), "{name}: {reason}");
     }
+    assert!(skipped["corrupt.png"].starts_with("corrupt or truncated PNG"), "{}", skipped["corrupt.png"]);
+    assert!(skipped["letter.JPG"].starts_with("not an image: unknown format"), "{}", skipped["letter.JPG"]);
     assert!(skipped["huge.png"].contains("20000"), "{}", skipped["huge.png"]);
     let text = String::from_utf8(ok(&["index", "info", "--index", s(&index)]).stdout).unwrap();
     assert!(text.contains("skipped     6") && text.contains("huge.png"), "{text}");
+    assert!(text.contains("  letter.JPG: not an image"), "{text}");
 
     // A skipped file that gets fixed is embedded by `add`.
     picture(2, 64).save_with_format(images.join("truncated.png"), image::ImageFormat::Png).unwrap();

@@ -310,15 +310,20 @@ fn manifests_record_the_compute_dtype_and_old_ones_load() {
     std::fs::write(dir.path().join("manifest.json"), serde_json::to_string(&old).unwrap()).unwrap();
     let read = read_manifest(dir.path()).unwrap();
     assert_eq!((read.compute_dtype.as_deref(), read.compute_dtype()), (None, "f32"));
-    m.note_compute_dtype("int8");
+    // The first dtype of an empty index is no mix; the same one again neither.
+    assert!(!m.note_compute_dtype("int8"));
     assert_eq!(m.compute_dtype(), "int8");
-    m.note_compute_dtype("int8");
+    assert!(!m.note_compute_dtype("int8"));
     assert_eq!(m.compute_dtype(), "int8");
     let json = serde_json::to_value(&m).unwrap();
     assert_eq!(json["compute_dtype"], "int8");
     // A non-empty index from before gets f32 named beside the new dtype.
     let mut old_index = read;
     old_index.segments.push(serde_json::from_value(serde_json::json!({"name": "s000001", "rows": 1, "deleted": 0, "dtype": "f16", "min_id": 0, "max_id": 0, "sizes": {}, "hnsw": null})).unwrap());
-    old_index.note_compute_dtype("bf16");
+    assert!(old_index.note_compute_dtype("bf16"), "the run that makes the mix says so");
     assert_eq!(old_index.compute_dtype(), "f32+bf16");
+    assert_eq!(old_index.dtype_summary(), "f16, computed in f32+bf16");
+    // Later runs in either dtype keep the record and are no new mix.
+    assert!(!old_index.note_compute_dtype("f32") && !old_index.note_compute_dtype("bf16"));
+    assert_eq!(old_index.compute_dtypes().collect::<Vec<_>>(), ["f32", "bf16"]);
 }

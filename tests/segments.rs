@@ -1123,6 +1123,27 @@ fn adding_to_merged_shards_finds_nothing_new() {
     assert_eq!(Index::open(&merged).unwrap().len(), 8);
 }
 
+/// A merge keeps the record of what computed the rows: shards embedded in
+/// int8 and f32 make a `int8+f32` index (it read as f32 before).
+#[test]
+fn merged_shards_keep_their_compute_dtypes() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    make_images(&images, 4, 900);
+    let mut shards = Vec::new();
+    for (i, dtype) in ["int8", "f32"].iter().enumerate() {
+        let shard = dir.path().join(format!("shard{i}"));
+        ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&shard), "--shard", &format!("{i}/2"), "--no-hnsw", "--compute-dtype", dtype]);
+        shards.push(shard);
+    }
+    let merged = dir.path().join("merged");
+    ok(&["index", "merge", s(&shards[0]), s(&shards[1]), "--into", s(&merged)]);
+    assert_eq!(Index::open(&merged).unwrap().manifest.compute_dtype(), "int8+f32");
+    let same = dir.path().join("same");
+    ok(&["index", "merge", s(&shards[1]), "--into", s(&same)]);
+    assert_eq!(Index::open(&same).unwrap().manifest.compute_dtype(), "f32");
+}
+
 /// Shard membership is the position in the sorted file list, so new files
 /// shift it: `add` on a shard refuses (naming `index merge`), and the merged
 /// index takes the new files.

@@ -143,6 +143,7 @@ fn the_api_searches_serves_indexed_images_and_rejects_bad_requests() {
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["count"], 12);
     assert_eq!(health.json()["text_search"], true);
+    assert_eq!(health.json()["compute_dtype"], "f32");
 
     // GET and POST give the CLI's results.
     let text = "a cat sitting on a wooden table next to a cup of coffee";
@@ -151,6 +152,7 @@ fn the_api_searches_serves_indexed_images_and_rejects_bad_requests() {
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
     let results = reply.json()["results"].as_array().unwrap().clone();
     assert_eq!(results.len(), 5);
+    assert_eq!((&reply.json()["dtype"], &reply.json()["compute_dtype"]), (&health.json()["dtype"], &serde_json::json!("f32")));
     for (a, b) in results.iter().zip(&cli) {
         assert_eq!(a["id"], b["id"]);
         assert_eq!(a["path"], b["path"]);

@@ -384,14 +384,6 @@ fn add(a: AddArgs) -> Result<()> {
     // An index embedded in one dtype keeps it; a mixed one gets f32.
     let recorded = if manifest.compute_dtype().contains('+') { "f32" } else { manifest.compute_dtype() };
     let (model, device, info) = load_model(&model_path, &a.run, recorded)?;
-    if manifest.count > 0 && manifest.compute_dtype() != model.precision.name() {
-        eprintln!(
-            "warning: {}: the index was embedded in {}; these images are embedded in {}",
-            crate::term::path(&a.index),
-            manifest.compute_dtype(),
-            model.precision
-        );
-    }
     let opts = BuildOptions {
         images: a.images.clone(),
         dtype: manifest.dtype,
@@ -427,6 +419,13 @@ fn summarize(dir: &Path, r: &index::BuildReport, model: &LongClip) -> Result<()>
     );
     if !r.committed {
         eprintln!("the index is up to date");
+    }
+    if let Some(mix) = &r.mixed_compute_dtype {
+        eprintln!(
+            "warning: {}: these images were embedded in {}, the index's others in another dtype: it now holds embeddings computed in {mix} (`index info` and `search` show it)",
+            crate::term::path(&dir),
+            model.precision
+        );
     }
     if r.count == 0 && r.files == 0 && r.skipped_total == 0 {
         eprintln!("{}: this shard holds none of the folder's images (an empty index; it merges like any other)", crate::term::path(&dir));
@@ -520,7 +519,7 @@ fn info(dir: &Path, json: bool) -> Result<()> {
     println!("index       {}", crate::term::path(&dir));
     println!("format      {} v{} (generation {})", m.format, m.format_version, m.generation);
     println!("entries     {}", m.count);
-    println!("embeddings  {} x {} {} (computed in {})", m.count, m.dim, m.dtype.name(), m.compute_dtype());
+    println!("embeddings  {} x {} {}", m.count, m.dim, m.dtype_summary());
     println!("model       {}", crate::term::escape_for_terminal(m.model.path.as_deref().unwrap_or("(not recorded: imported)")));
     println!("fingerprint {}", m.model.fingerprint.as_deref().unwrap_or("-"));
     println!("root        {}", crate::term::escape_for_terminal(m.root.as_deref().unwrap_or("-")));
@@ -567,7 +566,7 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
         let start = Instant::now();
         let hits = search::search(&index, &[index.row_vec(row)], &opts)?;
         if !a.json {
-            eprintln!("searched {} vectors ({}) in {:.1} ms", index.len(), search::method(&index, &opts), start.elapsed().as_secs_f64() * 1000.0);
+            eprintln!("searched {} vectors ({}) in {:.1} ms", index.len(), search::summary(&index, &opts), start.elapsed().as_secs_f64() * 1000.0);
         }
         return print_hits(&hits[0], a.json);
     }
@@ -594,8 +593,7 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
     let start = Instant::now();
     let hits = search::search(&index, &[query.vector], &opts)?;
     if !a.json {
-        let method = search::method(&index, &opts);
-        eprintln!("searched {} vectors ({method}) in {:.1} ms", index.len(), start.elapsed().as_secs_f64() * 1000.0);
+        eprintln!("searched {} vectors ({}) in {:.1} ms", index.len(), search::summary(&index, &opts), start.elapsed().as_secs_f64() * 1000.0);
     }
     print_hits(&hits[0], a.json)
 }
@@ -658,7 +656,7 @@ fn batch(index: &Index, encoder: &QueryEncoder, path: &Path, out: Option<&Path>,
         texts.len(),
         total - encoded,
         texts.len() as f64 / (total - encoded).max(1e-9),
-        search::method(index, opts)
+        search::summary(index, opts)
     );
     if !truncated.is_empty() {
         eprintln!("warning: {} queries were longer than {ctx} tokens and were truncated", truncated.len());
@@ -694,8 +692,7 @@ fn vector_batch(index: &Index, path: &Path, out: Option<&Path>, opts: &search::O
         Some(p) => crate::export::write_atomic(p, &lines)?,
         None => std::io::stdout().write_all(&lines)?,
     }
-    let method = search::method(index, opts);
-    eprintln!("{rows} query vectors searched over {} vectors ({method}) in {secs:.3} s ({:.0} QPS)", index.len(), rows as f64 / secs.max(1e-9));
+    eprintln!("{rows} query vectors searched over {} vectors ({}) in {secs:.3} s ({:.0} QPS)", index.len(), search::summary(index, opts), rows as f64 / secs.max(1e-9));
     Ok(())
 }
 

@@ -138,7 +138,7 @@ impl<'a> Encoder<'a> {
                     }
                     rows[i] = Some(features);
                 }
-                Err(why) => failed.push((i, why)),
+                Err(why) => failed.push((i, crate::embed::skip_reason(&images[i].name(), why))),
             }
         }
         if let Some(c) = self.image_cache.as_mut() {

@@ -381,7 +381,7 @@ pub fn load_batch(
                 batch.pixels.extend_from_slice(&p);
                 kept.push(i);
             }
-            Err(e) => batch.skipped.push((records[i].image.clone(), format!("{e:#}"))),
+            Err(e) => batch.skipped.push((records[i].image.clone(), crate::embed::skip_reason(&records[i].image.display().to_string(), format!("{e:#}")))),
         }
     }
     let tok = Tokenizer::global();

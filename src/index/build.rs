@@ -106,6 +106,10 @@ pub struct BuildReport {
     pub segments: usize,
     pub seconds: f64,
     pub committed: bool,
+    /// The index's compute dtypes (`f32+int8`) when this run made them
+    /// mixed: it embedded in a dtype the index's other entries were not
+    /// computed in. None otherwise, including for later runs on a mixed index.
+    pub mixed_compute_dtype: Option<String>,
 }
 
 /// A file found in the folder.
@@ -292,8 +296,8 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
         for (_, c) in &pending {
             skipped.extend(c.skipped.iter().cloned());
         }
-        if pending.iter().any(|(_, c)| !c.entries.is_empty()) {
-            manifest.note_compute_dtype(&model.precision.name());
+        if pending.iter().any(|(_, c)| !c.entries.is_empty()) && manifest.note_compute_dtype(&model.precision.name()) {
+            report.mixed_compute_dtype = Some(manifest.compute_dtype().to_string());
         }
         manifest = Change::run(dir, &manifest, |change| {
             commit_chunks(dir, change, &pending, &staging, &places, &mut deletes, opts.progress)?;

@@ -127,12 +127,30 @@ impl Manifest {
 
     /// Records that a run embedded with `name` (`f32`, `bf16`, `int8`): an
     /// empty index takes it, another one adds it to its list (`f32+int8`).
-    pub fn note_compute_dtype(&mut self, name: &str) {
+    /// True when `name` is new to an index that held other embeddings: the
+    /// run made the index mixed (or added to its mix), which is worth saying
+    /// once; later runs in any of the listed dtypes return false.
+    pub fn note_compute_dtype(&mut self, name: &str) -> bool {
         if self.segments.is_empty() && self.compute_dtype.is_none() {
             self.compute_dtype = Some(name.to_string());
-        } else if !self.compute_dtype().split('+').any(|d| d == name) {
+            false
+        } else if !self.compute_dtypes().any(|d| d == name) {
             self.compute_dtype = Some(format!("{}+{name}", self.compute_dtype()));
+            true
+        } else {
+            false
         }
+    }
+
+    /// The compute dtypes one by one, in the order they were first used.
+    pub fn compute_dtypes(&self) -> impl Iterator<Item = &str> {
+        self.compute_dtype().split('+')
+    }
+
+    /// The embeddings' types as `index info` and `search` name them: the
+    /// stored type and what computed it, e.g. `f16, computed in f32+int8`.
+    pub fn dtype_summary(&self) -> String {
+        format!("{}, computed in {}", self.dtype.name(), self.compute_dtype())
     }
 
     /// Recounts `count` from the segments.

@@ -247,6 +247,12 @@ fn merge_indexes_inner(sources: &[PathBuf], dst: &Path, policy: Option<&MergePol
     Change::run(dst, &base, |change| {
         change.manifest.shard = None;
         for src in &opened {
+            if !src.segments().is_empty() {
+                // What computed the adopted rows: `f32+int8` after an int8 shard joins f32 ones.
+                for d in src.manifest.compute_dtypes() {
+                    change.manifest.note_compute_dtype(d);
+                }
+            }
             for (s, seg) in src.segments().iter().enumerate() {
                 adopt_segment(dst, change, src, s)?;
                 report.segments_merged += 1;
