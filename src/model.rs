@@ -80,6 +80,8 @@ struct Loader<'a> {
     differentiable: bool,
     /// Our fused CPU kernels or candle's ops (inference on CPU only).
     kernels: Kernels,
+    /// The towers whose transformer blocks are loaded.
+    towers: Towers,
 }
 
 impl<'a> Loader<'a> {
@@ -94,7 +96,7 @@ impl<'a> Loader<'a> {
 
     fn new(ckpt: &'a Checkpoint, device: &'a Device, precision: Precision, differentiable: bool) -> Self {
         let kernels = if differentiable { Kernels::Candle } else { Kernels::from_env() };
-        Loader { ckpt, device, dtype: precision.float(), precision, differentiable, kernels }
+        Loader { ckpt, device, dtype: precision.float(), precision, differentiable, kernels, towers: Towers::Both }
     }
 
     /// A transformer block's linear layer (attention in/out projections,
@@ -538,6 +540,8 @@ pub struct TextEncoder {
     token_embedding: Embedding,
     positions: Tensor,
     blocks: Vec<Block>,
+    /// False when the model was loaded without this tower ([`Towers`]).
+    loaded: bool,
     ln_final: Norm,
     projection: Tensor,
     context_length: usize,
@@ -556,7 +560,8 @@ impl TextEncoder {
         Ok(Self {
             token_embedding: Embedding::new(l.get("token_embedding.weight")?, c.width),
             positions,
-            blocks: load_blocks(l, "transformer.resblocks.", c.layers, c.width, c.heads, l.ckpt.config.activation)?,
+            blocks: if l.towers.text() { load_blocks(l, "transformer.resblocks.", c.layers, c.width, c.heads, l.ckpt.config.activation)? } else { Vec::new() },
+            loaded: l.towers.text(),
             ln_final: l.layer_norm("ln_final")?,
             projection: l.get(tables.projection)?,
             context_length,
@@ -582,6 +587,9 @@ impl TextEncoder {
     /// Encodes token sequences (each SOT..EOT, unpadded) into unnormalized
     /// features [N, E]. All sequences run as one batch padded to the longest.
     pub fn encode(&self, batch: &[Vec<u32>]) -> Result<Tensor> {
+        if !self.loaded {
+            bail!("the model was loaded without its text tower (Towers::Vision)");
+        }
         let len = batch.iter().map(Vec::len).max().context("empty text batch")?;
         if len > self.context_length {
             bail!("a sequence of {len} tokens exceeds the model's {} positions", self.context_length);
@@ -627,6 +635,8 @@ pub struct VisionEncoder {
     positions: Tensor,
     ln_pre: Norm,
     blocks: Vec<Block>,
+    /// False when the model was loaded without this tower ([`Towers`]).
+    loaded: bool,
     ln_post: Norm,
     projection: Tensor,
     patch_size: usize,
@@ -644,7 +654,8 @@ impl VisionEncoder {
             class_embedding: l.get_f32("visual.class_embedding")?.reshape((1, 1, c.width))?,
             positions: l.get_f32("visual.positional_embedding")?,
             ln_pre: l.layer_norm("visual.ln_pre")?,
-            blocks: load_blocks(l, "visual.transformer.resblocks.", c.layers, c.width, c.heads, l.ckpt.config.activation)?,
+            blocks: if l.towers.vision() { load_blocks(l, "visual.transformer.resblocks.", c.layers, c.width, c.heads, l.ckpt.config.activation)? } else { Vec::new() },
+            loaded: l.towers.vision(),
             ln_post: l.layer_norm("visual.ln_post")?,
             projection: l.get("visual.proj")?,
             patch_size: c.patch_size,
@@ -664,6 +675,9 @@ impl VisionEncoder {
 
     /// Encodes normalized pixels [N, 3, R, R] into unnormalized features [N, E].
     pub fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
+        if !self.loaded {
+            bail!("the model was loaded without its vision tower (Towers::Text)");
+        }
         let (n, c, h, w) = pixels.dims4()?;
         if c != 3 || h != self.image_size || w != self.image_size {
             bail!("expected pixels [N, 3, {r}, {r}], got {:?}", pixels.dims(), r = self.image_size);
@@ -685,6 +699,30 @@ impl VisionEncoder {
         }
         let cls = layer_norm(&self.ln_post, &x.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?)?;
         matmul(&cls, &self.projection, self.dtype)
+    }
+}
+
+/// Which towers a [`LongClip`] loads in full. A run that embeds only texts
+/// or only images skips the other tower's transformer blocks (about 98% of
+/// its weights), so they are neither widened nor kept in memory; that
+/// tower's `encode` then returns an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Towers {
+    #[default]
+    Both,
+    /// The text tower only (`embed --texts`).
+    Text,
+    /// The vision tower only (`embed --images`, `index build`/`add`).
+    Vision,
+}
+
+impl Towers {
+    fn text(self) -> bool {
+        self != Towers::Vision
+    }
+
+    fn vision(self) -> bool {
+        self != Towers::Text
     }
 }
 
@@ -711,7 +749,14 @@ impl LongClip {
     /// The model with text path `path` (None: the family's default).
     /// Errors: a path the family does not have (`short` is FG-CLIP's).
     pub fn with_text_path(ckpt: &Checkpoint, device: &Device, precision: impl Into<Precision>, path: Option<TextPath>) -> Result<Self> {
-        Self::build(Loader::new(ckpt, device, precision.into(), false), path)
+        Self::with_towers(ckpt, device, precision, path, Towers::Both)
+    }
+
+    /// [`LongClip::with_text_path`] with only `towers` loaded in full.
+    pub fn with_towers(ckpt: &Checkpoint, device: &Device, precision: impl Into<Precision>, path: Option<TextPath>, towers: Towers) -> Result<Self> {
+        let mut loader = Loader::new(ckpt, device, precision.into(), false);
+        loader.towers = towers;
+        Self::build(loader, path)
     }
 
     /// Our fused CPU kernels (the default unless `LONGCLIP_KERNELS=candle`)

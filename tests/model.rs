@@ -165,3 +165,25 @@ fn half_precision_stays_close_to_f32() {
         assert_rows_cosine(&format!("{dtype:?} image"), &image, &exp["longclip.image_features"], 0.999);
     }
 }
+
+#[test]
+fn one_tower_models_give_the_same_features_and_refuse_the_other_tower() {
+    use longclip::model::Towers;
+    let ckpt = checkpoint::load(&fixture("tiny-longclip.pt")).unwrap();
+    let both = LongClip::new(&ckpt, &Device::Cpu, DType::F32).unwrap();
+    let text_only = LongClip::with_towers(&ckpt, &Device::Cpu, DType::F32, None, Towers::Text).unwrap();
+    let vision_only = LongClip::with_towers(&ckpt, &Device::Cpu, DType::F32, None, Towers::Vision).unwrap();
+    let exp = expected();
+    let ids = &reference_ids("ids_248")[..4];
+    let diff = max_abs_diff(&text_only.text.encode(ids).unwrap(), &both.text.encode(ids).unwrap());
+    assert_eq!(diff, 0.0, "text-only model's features differ by {diff}");
+    let diff = max_abs_diff(&vision_only.vision.encode(&exp["pixels"]).unwrap(), &both.vision.encode(&exp["pixels"]).unwrap());
+    assert_eq!(diff, 0.0, "vision-only model's features differ by {diff}");
+    let err = text_only.vision.encode(&exp["pixels"]).unwrap_err().to_string();
+    assert!(err.contains("without its vision tower"), "{err}");
+    let err = vision_only.text.encode(ids).unwrap_err().to_string();
+    assert!(err.contains("without its text tower"), "{err}");
+    // What does not need the blocks still answers.
+    assert_eq!(text_only.vision.image_size(), both.vision.image_size());
+    assert_eq!(vision_only.text.context_length(), both.text.context_length());
+}

@@ -11,7 +11,7 @@ use crate::checkpoint;
 use crate::embed;
 use crate::family::TextPath;
 use crate::index::{self, BuildOptions, Dtype, HnswParams, ImportOptions, Index, MergePolicy, Selection, Shard};
-use crate::model::{self, LongClip};
+use crate::model::{self, LongClip, Towers};
 use crate::search::{self, QueryEncoder};
 use crate::serve;
 
@@ -328,7 +328,8 @@ fn load_model(path: &Path, run: &RunArgs, default: &str) -> Result<(LongClip, ca
     let (device, precision) = model::device_and_precision(&run.device, dtype)?;
     let ckpt = checkpoint::load(path)?;
     let info = search::model_info(&ckpt, path)?;
-    let model = LongClip::new(&ckpt, &device, precision)?;
+    // Indexing embeds images only.
+    let model = LongClip::with_towers(&ckpt, &device, precision, None, Towers::Vision)?;
     Ok((model, device, info))
 }
 

@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::checkpoint::{self, Checkpoint};
 use crate::embed::{self, Embedder};
 use crate::family::{Family, TextPath};
-use crate::model::{self, LongClip};
+use crate::model::{self, LongClip, Towers};
 use crate::tokenizer::DEFAULT_CONTEXT_LENGTH;
 use crate::{export, stretch};
 
@@ -231,10 +231,10 @@ fn tokenize(texts: &Path, context_length: usize, family: Family, out: Option<&Pa
     Ok(())
 }
 
-fn load_model(path: &Path, device: &str, dtype: &str, text_path: Option<TextPath>) -> Result<(LongClip, Device)> {
+fn load_model(path: &Path, device: &str, dtype: &str, text_path: Option<TextPath>, towers: Towers) -> Result<(LongClip, Device)> {
     let (device, precision) = model::device_and_precision(device, dtype)?;
     let ckpt = checkpoint::load(path)?;
-    let model = LongClip::with_text_path(&ckpt, &device, precision, text_path)?;
+    let model = LongClip::with_towers(&ckpt, &device, precision, text_path, towers)?;
     Ok((model, device))
 }
 
@@ -243,7 +243,9 @@ fn embed(args: EmbedArgs) -> Result<()> {
     if !["npy", "json", "jsonl"].contains(&ext.as_str()) {
         eprintln!("warning: {}: not .npy, .json or .jsonl; writing a float32 .npy", crate::term::path(&args.out));
     }
-    let (model, device) = load_model(&args.model, &args.device, &args.dtype, args.text_path)?;
+    // `--texts` and `--images` exclude each other: load only that tower.
+    let towers = if args.texts.is_some() { Towers::Text } else { Towers::Vision };
+    let (model, device) = load_model(&args.model, &args.device, &args.dtype, args.text_path, towers)?;
     let embedder = Embedder { model: &model, device, batch_size: args.batch_size, normalize: !args.raw, progress: true };
     let start = Instant::now();
     if let Some(texts_path) = &args.texts {
@@ -316,7 +318,7 @@ fn warn_truncated(rows: &[usize], context_length: usize) {
 }
 
 fn similarity(model_path: &Path, images: &Path, texts: &Path, device: &str) -> Result<()> {
-    let (model, device) = load_model(model_path, device, "auto", None)?;
+    let (model, device) = load_model(model_path, device, "auto", None, Towers::Both)?;
     let embedder = Embedder { model: &model, device, batch_size: 32, normalize: true, progress: false };
     let texts = embed::read_texts(texts)?;
     let paths = embed::list_images(images)?;
