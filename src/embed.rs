@@ -59,6 +59,19 @@ fn jsonl_text(line: &str) -> Result<String> {
         .context("expected a string or an object with a \"text\" or \"caption\" string")
 }
 
+/// Checks that `out` can be an output file before any work is done.
+/// Errors: `out` is a folder, or its folder does not exist.
+pub fn check_output(out: &Path) -> Result<()> {
+    if out.is_dir() {
+        bail!("{}: is a folder; --out takes a file (.npy, .json or .jsonl)", out.display());
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!("{}: its folder does not exist", out.display());
+    }
+    Ok(())
+}
+
 /// Lists images: a directory (recursively, sorted by path), a single image,
 /// or a text file with one path per line (relative to the current directory).
 pub fn list_images(path: &Path) -> Result<Vec<PathBuf>> {
@@ -67,6 +80,9 @@ pub fn list_images(path: &Path) -> Result<Vec<PathBuf>> {
         walk_images(path, &mut out)?;
         out.sort();
         return Ok(out);
+    }
+    if !path.exists() {
+        bail!("{}: no such file or directory (expected a folder, an image, or a text file listing images)", path.display());
     }
     if is_image_path(path) {
         return Ok(vec![path.to_path_buf()]);

@@ -168,6 +168,17 @@ fn embed_images_from_a_list_and_nothing_usable_fails() {
     let err = fails(&["embed", "--model", s(&model()), "--images", s(&gone), "--out", s(&out)]);
     let want = format!("{}: no such file or directory (expected a folder, an image, or a text file listing images)", gone.display());
     assert!(err.contains(&want) && !err.contains("os error"), "{err}");
+    // Also when it is named like an image.
+    let gone = dir.path().join("nonexistent.jpg");
+    let err = fails(&["embed", "--model", s(&model()), "--images", s(&gone), "--out", s(&out)]);
+    assert!(err.contains(&format!("{}: no such file or directory", gone.display())), "{err}");
+    // An --out that cannot be written is refused before any work.
+    let err = fails(&["embed", "--model", s(&model()), "--images", s(&fixture("images/logo.png")), "--out", s(&empty)]);
+    assert!(err.contains(&format!("{}: is a folder", empty.display())), "{err}");
+    let nowhere = dir.path().join("no-such-dir").join("o.npy");
+    let err = fails(&["embed", "--model", s(&model()), "--images", s(&fixture("images/logo.png")), "--out", s(&nowhere)]);
+    assert!(err.contains(&format!("{}: its folder does not exist", nowhere.display())), "{err}");
+    assert!(std::fs::read_dir(&empty).unwrap().next().is_none(), "nothing left in the folder given as --out");
 
     // A list naming a corrupt image: the skip line names the path once.
     let bad_png = dir.path().join("bad.png");

@@ -380,6 +380,26 @@ fn a_mixed_compute_dtype_is_said_once_and_shown_by_search() {
     assert!(third.contains("warning") && third.contains("computed in f32+int8+bf16"), "{third}");
 }
 
+/// A build interrupted in f32 and resumed with `--compute-dtype int8`
+/// keeps the f32 chunks it staged: the index says `f32+int8` and warns.
+#[test]
+fn a_resumed_build_in_another_compute_dtype_records_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    make_images(&images, 12, 500);
+    let index = dir.path().join("idx");
+    let m = model();
+    let args = ["index", "build", "--model", s(&m), "--images", s(&images), "--index", s(&index), "--batch-size", "2", "--chunk-size", "4", "--no-hnsw"];
+    let crashed = Command::new(env!("CARGO_BIN_EXE_longclip")).args(args).env(longclip::index::CRASH_AFTER_CHUNKS_ENV, "1").output().unwrap();
+    assert!(!crashed.status.success(), "the simulated crash must kill the build");
+    let mut resumed = args.to_vec();
+    resumed.extend(["--compute-dtype", "int8"]);
+    let stderr = String::from_utf8_lossy(&ok(&resumed).stderr).into_owned();
+    assert!(stderr.contains("8 this run, 4 resumed"), "{stderr}");
+    assert!(stderr.contains("warning") && stderr.contains("computed in f32+int8"), "{stderr}");
+    assert_eq!(info_json(&index)["compute_dtype"].as_str(), Some("f32+int8"));
+}
+
 #[test]
 fn a_second_writer_is_refused_while_the_lock_is_held() {
     let dir = tempfile::tempdir().unwrap();

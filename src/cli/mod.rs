@@ -239,6 +239,7 @@ fn load_model(path: &Path, device: &str, dtype: &str, text_path: Option<TextPath
 }
 
 fn embed(args: EmbedArgs) -> Result<()> {
+    embed::check_output(&args.out)?;
     let ext = args.out.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
     if !["npy", "json", "jsonl"].contains(&ext.as_str()) {
         eprintln!("warning: {}: not .npy, .json or .jsonl; writing a float32 .npy", crate::term::path(&args.out));

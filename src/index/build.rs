@@ -123,6 +123,11 @@ struct Found {
 #[derive(Serialize, Deserialize)]
 struct Chunk {
     fingerprint: Option<String>,
+    /// What computed the chunk (`f32`, `int8`, ...): a resumed run may use
+    /// another `--compute-dtype` than the interrupted one. None in chunks
+    /// staged before this was recorded.
+    #[serde(default)]
+    compute_dtype: Option<String>,
     dim: usize,
     entries: Vec<Staged>,
     skipped: Vec<Skipped>,
@@ -296,7 +301,7 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
         for (_, c) in &pending {
             skipped.extend(c.skipped.iter().cloned());
         }
-        if pending.iter().any(|(_, c)| !c.entries.is_empty()) && manifest.note_compute_dtype(&model.precision.name()) {
+        if note_compute_dtypes(&mut manifest, &pending, &model.precision.name()) {
             report.mixed_compute_dtype = Some(manifest.compute_dtype().to_string());
         }
         manifest = Change::run(dir, &manifest, |change| {
@@ -382,7 +387,8 @@ fn embed_in_chunks(embedder: &Embedder, todo: &[&Found], staging: &Path, info: &
     let by_path: HashMap<&Path, &Found> = todo.iter().map(|f| (f.path.as_path(), *f)).collect();
     let paths: Vec<PathBuf> = todo.iter().map(|f| f.path.clone()).collect();
     let crash_after: Option<usize> = std::env::var(CRASH_AFTER_CHUNKS_ENV).ok().and_then(|v| v.parse().ok());
-    let new_chunk = || Chunk { fingerprint: info.fingerprint.clone(), dim, entries: Vec::new(), skipped: Vec::new() };
+    let compute_dtype = Some(embedder.model.precision.name());
+    let new_chunk = || Chunk { fingerprint: info.fingerprint.clone(), compute_dtype: compute_dtype.clone(), dim, entries: Vec::new(), skipped: Vec::new() };
     let mut done = Vec::new();
     let mut pending = new_chunk();
     let mut rows: Vec<f32> = Vec::new();
@@ -421,6 +427,17 @@ fn embed_in_chunks(embedder: &Embedder, todo: &[&Found], staging: &Path, info: &
     })?;
     flush(&mut pending, &mut rows, &mut done)?;
     Ok(done)
+}
+
+/// Records in `manifest` the compute dtype of every chunk with embeddings,
+/// in order (`run_dtype` for chunks that do not say); true if that made the
+/// index mixed or added to its mix.
+fn note_compute_dtypes(manifest: &mut Manifest, pending: &[(usize, Chunk)], run_dtype: &str) -> bool {
+    let mut mixed = false;
+    for (_, chunk) in pending.iter().filter(|(_, c)| !c.entries.is_empty()) {
+        mixed |= manifest.note_compute_dtype(chunk.compute_dtype.as_deref().unwrap_or(run_dtype));
+    }
+    mixed
 }
 
 fn save_chunk(staging: &Path, n: usize, chunk: &Chunk, rows: &[f32]) -> Result<()> {
