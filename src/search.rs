@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::checkpoint;
 use crate::family::TextPath;
 use crate::index::{Index, ModelInfo, Segment};
-use crate::model::{l2_normalize, LongClip};
+use crate::model::{l2_normalize, LongClip, Towers};
 
 /// Above this many live vectors in a segment, searches use the segment's
 /// HNSW graph when it has one (`--exact` forces the scan). Measured on 2
@@ -370,6 +370,13 @@ impl QueryEncoder {
     /// (FG-CLIP's short or long; None: the family's default, long).
     /// Errors: as `for_index`, and a path the model's family does not have.
     pub fn for_index_with_text_path(index: &Index, model: Option<&Path>, device: &str, text_path: Option<TextPath>) -> Result<QueryEncoder> {
+        Self::for_index_with_towers(index, model, device, text_path, Towers::Both)
+    }
+
+    /// [`QueryEncoder::for_index_with_text_path`] with only `towers` loaded
+    /// in full: a text-only search needs no vision blocks, and the other way
+    /// round (see [`Towers`]).
+    pub fn for_index_with_towers(index: &Index, model: Option<&Path>, device: &str, text_path: Option<TextPath>, towers: Towers) -> Result<QueryEncoder> {
         let path = match (model, &index.manifest.model.path) {
             (Some(p), _) => p.to_path_buf(),
             (None, Some(p)) => p.into(),
@@ -386,7 +393,7 @@ impl QueryEncoder {
         let info = model_info(&ckpt, &path)?;
         check_model(index, &info)?;
         let device = crate::model::device(device)?;
-        let model = LongClip::with_text_path(&ckpt, &device, DType::F32, text_path)?;
+        let model = LongClip::with_towers(&ckpt, &device, DType::F32, text_path, towers)?;
         Ok(QueryEncoder { model, device, info })
     }
 

@@ -125,6 +125,9 @@ fn build_search_exact_and_hnsw_equal_brute_force() {
     let hits = search_json(&["search", "--index", s(&index), "--image", s(&files[7]), "--json"]);
     assert_eq!(hits[0]["path"], canonical[7]);
     assert!(hits[0]["score"].as_f64().unwrap() > 0.9999);
+    let gone = dir.path().join("gone.png");
+    let err = fails(&["search", "--index", s(&index), "--image", s(&gone)]);
+    assert!(err.contains(&format!("{}: no such file (--image)", gone.display())), "{err}");
     // More like an entry: its own stored row, no model needed.
     let id = hits[3]["id"].as_u64().unwrap().to_string();
     let like = search_json(&["search", "--index", s(&index), "--like", &id, "--json"]);

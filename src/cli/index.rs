@@ -577,7 +577,17 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
     if a.out.is_some() && a.queries.is_none() {
         bail!("--out goes with --queries or --vectors");
     }
-    let encoder = QueryEncoder::for_index_with_text_path(&index, a.model.as_deref(), &a.device, a.text_path)?;
+    // One kind of query: load only the tower it needs.
+    let towers = match (&a.text, &a.text_file, &a.image) {
+        (None, None, Some(p)) if a.queries.is_none() => {
+            if !p.exists() {
+                bail!("{}: no such file (--image)", p.display());
+            }
+            Towers::Vision
+        }
+        _ => Towers::Text,
+    };
+    let encoder = QueryEncoder::for_index_with_towers(&index, a.model.as_deref(), &a.device, a.text_path, towers)?;
     let ctx = encoder.model.text.context_length();
     if let Some(path) = &a.queries {
         return batch(&index, &encoder, path, a.out.as_deref(), &opts, ctx);
