@@ -62,10 +62,14 @@ fn jsonl_text(line: &str) -> Result<String> {
 /// Checks that `out` can be an output file before any work is done.
 /// Errors: `out` is a folder, or its folder does not exist.
 pub fn check_output(out: &Path) -> Result<()> {
-    if out.is_dir() {
+    let trailing_slash = out.as_os_str().as_encoded_bytes().ends_with(std::path::MAIN_SEPARATOR_STR.as_bytes());
+    if out.is_dir() || trailing_slash {
         bail!("{}: is a folder; --out takes a file (.npy, .json or .jsonl)", out.display());
     }
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if parent.exists() && !parent.is_dir() {
+        bail!("{}: {} is a file, not a folder", out.display(), parent.display());
+    }
     if !parent.is_dir() {
         bail!("{}: its folder does not exist", out.display());
     }

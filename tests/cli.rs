@@ -179,6 +179,12 @@ fn embed_images_from_a_list_and_nothing_usable_fails() {
     let err = fails(&["embed", "--model", s(&model()), "--images", s(&fixture("images/logo.png")), "--out", s(&nowhere)]);
     assert!(err.contains(&format!("{}: its folder does not exist", nowhere.display())), "{err}");
     assert!(std::fs::read_dir(&empty).unwrap().next().is_none(), "nothing left in the folder given as --out");
+    let slash = format!("{}/", dir.path().join("new.npy").display());
+    let err = fails(&["embed", "--model", s(&model()), "--images", s(&fixture("images/logo.png")), "--out", &slash]);
+    assert!(err.contains("is a folder"), "{err}");
+    let err = fails(&["embed", "--model", s(&model()), "--images", s(&fixture("images/logo.png")), "--out", &format!("{}/o.npy", s(&list))]);
+    assert!(err.contains("is a file, not a folder"), "{err}");
+    assert!(!std::fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp")), "no temp files left");
 
     // A list naming a corrupt image: the skip line names the path once.
     let bad_png = dir.path().join("bad.png");

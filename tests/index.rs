@@ -366,7 +366,7 @@ fn a_mixed_compute_dtype_is_said_once_and_shown_by_search() {
         stderr(ok(&args))
     };
     let first = add(400, Some("int8"));
-    assert!(first.contains("warning") && first.contains("embedded in int8") && first.contains("computed in f32+int8"), "{first}");
+    assert!(first.contains("warning") && first.contains("this run: int8") && first.contains("computed in f32+int8"), "{first}");
     // Later adds, in f32 (the default on a mixed index) or int8 again: no warning.
     for (seed, dtype) in [(401, None), (402, Some("int8")), (403, Some("f32"))] {
         let later = add(seed, dtype);
@@ -401,6 +401,23 @@ fn a_resumed_build_in_another_compute_dtype_records_both() {
     assert!(stderr.contains("8 this run, 4 resumed"), "{stderr}");
     assert!(stderr.contains("warning") && stderr.contains("computed in f32+int8"), "{stderr}");
     assert_eq!(info_json(&index)["compute_dtype"].as_str(), Some("f32+int8"));
+}
+
+/// An index kept inside its own image folder does not index (or list as
+/// skipped) its own files.
+#[test]
+fn an_index_inside_its_image_folder_leaves_its_own_files_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("p");
+    make_images(&images, 3, 600);
+    let index = images.join("idx");
+    ok(&["index", "build", "--model", s(&model()), "--images", s(&images), "--index", s(&index), "--no-hnsw"]);
+    picture(601, 64).save(images.join("new.png")).unwrap();
+    let added = String::from_utf8_lossy(&ok(&["index", "add", "--index", s(&index)]).stderr).into_owned();
+    assert!(added.contains("1 this run"), "{added}");
+    let info = info_json(&index);
+    assert_eq!(info["count"].as_u64(), Some(4));
+    assert_eq!(info["skipped"].as_array().map(Vec::len), Some(0), "{info}");
 }
 
 #[test]

@@ -423,7 +423,7 @@ fn summarize(dir: &Path, r: &index::BuildReport, model: &LongClip) -> Result<()>
     }
     if let Some(mix) = &r.mixed_compute_dtype {
         eprintln!(
-            "warning: {}: these images were embedded in {}, the index's others in another dtype: it now holds embeddings computed in {mix} (`index info` and `search` show it)",
+            "warning: {}: the index now holds embeddings computed in {mix}, more than one dtype (this run: {}); `index info` and `search` show the mix",
             crate::term::path(&dir),
             model.precision
         );

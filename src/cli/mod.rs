@@ -244,16 +244,32 @@ fn embed(args: EmbedArgs) -> Result<()> {
     if !["npy", "json", "jsonl"].contains(&ext.as_str()) {
         eprintln!("warning: {}: not .npy, .json or .jsonl; writing a float32 .npy", crate::term::path(&args.out));
     }
+    // The inputs are read before the model loads, so a bad path fails at once.
+    let texts = match &args.texts {
+        Some(path) => Some((path, embed::read_texts(path)?)),
+        None => None,
+    };
+    if let Some((path, texts)) = &texts {
+        if texts.is_empty() {
+            bail!("{}: no texts", path.display());
+        }
+    }
+    let images = match (&texts, &args.images) {
+        (None, Some(path)) => Some((path, embed::list_images(path)?)),
+        (None, None) => bail!("give --texts or --images"),
+        _ => None,
+    };
+    if let Some((path, paths)) = &images {
+        if paths.is_empty() {
+            bail!("{}: no images found (jpg, jpeg, png, webp, gif, bmp, tif, tiff)", path.display());
+        }
+    }
     // `--texts` and `--images` exclude each other: load only that tower.
-    let towers = if args.texts.is_some() { Towers::Text } else { Towers::Vision };
+    let towers = if texts.is_some() { Towers::Text } else { Towers::Vision };
     let (model, device) = load_model(&args.model, &args.device, &args.dtype, args.text_path, towers)?;
     let embedder = Embedder { model: &model, device, batch_size: args.batch_size, normalize: !args.raw, progress: true };
     let start = Instant::now();
-    if let Some(texts_path) = &args.texts {
-        let texts = embed::read_texts(texts_path)?;
-        if texts.is_empty() {
-            bail!("{}: no texts", texts_path.display());
-        }
+    if let Some((texts_path, texts)) = texts {
         let ctx = args.context_length.unwrap_or(model.text.context_length());
         let out = embedder.embed_texts(&texts, ctx)?;
         embed::write_features(&out.features, &args.out)?;
@@ -266,11 +282,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         warn_truncated(&out.truncated, ctx);
         return Ok(());
     }
-    let images_path = args.images.as_ref().context("give --texts or --images")?;
-    let paths = embed::list_images(images_path)?;
-    if paths.is_empty() {
-        bail!("{}: no images found (jpg, jpeg, png, webp, gif, bmp, tif, tiff)", images_path.display());
-    }
+    let (_, paths) = images.context("give --texts or --images")?;
     let out = embedder.embed_images(&paths)?;
     report_skipped(&out.skipped, &args.out)?;
     if out.paths.is_empty() {

@@ -195,7 +195,9 @@ fn build_inner(dir: &Path, model: &LongClip, device: &Device, info: &ModelInfo, 
             dir.display(), s.index, s.count, s.count, s.index
         );
     }
-    let (found, mut extra) = walk(&root, Path::new(&index_root))?;
+    // An index kept inside its image folder is not part of the collection.
+    let own = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let (found, mut extra) = walk(&root, Path::new(&index_root), &own)?;
     let in_folder = found.len();
     let found: Vec<Found> = match shard {
         Some(s) => {
@@ -480,11 +482,11 @@ fn read_f32(path: &Path, count: usize) -> Result<Vec<f32>> {
 /// Lists the folder recursively, sorted by path: image files with their size
 /// and mtime, and the files that are skipped (not an image, unreadable).
 /// Hidden files and folders (dot names) are left out; symlinked folders are
-/// not followed (no loops).
-fn walk(root: &Path, index_root: &Path) -> Result<(Vec<Found>, Vec<Skipped>)> {
+/// not followed (no loops); the folder `own` (the index itself) is skipped.
+fn walk(root: &Path, index_root: &Path, own: &Path) -> Result<(Vec<Found>, Vec<Skipped>)> {
     let mut files = Vec::new();
     let mut unreadable = Vec::new();
-    walk_dir(root, &mut files, &mut unreadable)?;
+    walk_dir(root, own, &mut files, &mut unreadable)?;
     files.sort();
     let key = |p: &Path| match p.strip_prefix(index_root) {
         Ok(rel) => rel.display().to_string(),
@@ -517,7 +519,7 @@ fn walk(root: &Path, index_root: &Path) -> Result<(Vec<Found>, Vec<Skipped>)> {
     Ok((found, others))
 }
 
-fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>, unreadable: &mut Vec<Skipped>) -> Result<()> {
+fn walk_dir(dir: &Path, own: &Path, out: &mut Vec<PathBuf>, unreadable: &mut Vec<Skipped>) -> Result<()> {
     let listing = match std::fs::read_dir(dir) {
         Ok(l) => l,
         Err(e) => {
@@ -531,7 +533,7 @@ fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>, unreadable: &mut Vec<Skipped>) -
         }
         let path = entry.path();
         match entry.file_type() {
-            Ok(t) if t.is_dir() => walk_dir(&path, out, unreadable)?,
+            Ok(t) if t.is_dir() && path != own => walk_dir(&path, own, out, unreadable)?,
             Ok(t) if t.is_file() => out.push(path),
             Ok(t) if t.is_symlink() && path.is_file() => out.push(path),
             _ => {}
