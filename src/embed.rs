@@ -91,13 +91,7 @@ pub fn list_images(path: &Path) -> Result<Vec<PathBuf>> {
     if is_image_path(path) {
         return Ok(vec![path.to_path_buf()]);
     }
-    let list = match std::fs::read_to_string(path) {
-        Ok(list) => list,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("{}: no such file or directory (expected a folder, an image, or a text file listing images)", path.display())
-        }
-        Err(e) => bail!("{}: cannot read as a list of images (one path a line): {e}", path.display()),
-    };
+    let list = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read as a list of images (one path a line): {e}", path.display()))?;
     Ok(list.lines().map(str::trim).filter(|l| !l.is_empty()).map(PathBuf::from).collect())
 }
 

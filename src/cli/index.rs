@@ -424,7 +424,7 @@ fn summarize(dir: &Path, r: &index::BuildReport, model: &LongClip) -> Result<()>
     if let Some(mix) = &r.mixed_compute_dtype {
         eprintln!(
             "warning: {}: the index now holds embeddings computed in {mix}, more than one dtype (this run: {}); `index info` and `search` show the mix",
-            crate::term::path(&dir),
+            crate::term::path(dir),
             model.precision
         );
     }

@@ -10,7 +10,7 @@ mod inference;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 
@@ -245,31 +245,18 @@ fn embed(args: EmbedArgs) -> Result<()> {
         eprintln!("warning: {}: not .npy, .json or .jsonl; writing a float32 .npy", crate::term::path(&args.out));
     }
     // The inputs are read before the model loads, so a bad path fails at once.
-    let texts = match &args.texts {
-        Some(path) => Some((path, embed::read_texts(path)?)),
-        None => None,
-    };
-    if let Some((path, texts)) = &texts {
-        if texts.is_empty() {
-            bail!("{}: no texts", path.display());
-        }
-    }
-    let images = match (&texts, &args.images) {
-        (None, Some(path)) => Some((path, embed::list_images(path)?)),
+    let texts = args.texts.as_deref().map(some_texts).transpose()?;
+    let paths = match (&texts, &args.images) {
+        (Some(_), _) => Vec::new(),
+        (None, Some(path)) => some_images(path)?,
         (None, None) => bail!("give --texts or --images"),
-        _ => None,
     };
-    if let Some((path, paths)) = &images {
-        if paths.is_empty() {
-            bail!("{}: no images found (jpg, jpeg, png, webp, gif, bmp, tif, tiff)", path.display());
-        }
-    }
     // `--texts` and `--images` exclude each other: load only that tower.
     let towers = if texts.is_some() { Towers::Text } else { Towers::Vision };
     let (model, device) = load_model(&args.model, &args.device, &args.dtype, args.text_path, towers)?;
     let embedder = Embedder { model: &model, device, batch_size: args.batch_size, normalize: !args.raw, progress: true };
     let start = Instant::now();
-    if let Some((texts_path, texts)) = texts {
+    if let (Some(texts), Some(texts_path)) = (texts, &args.texts) {
         let ctx = args.context_length.unwrap_or(model.text.context_length());
         let out = embedder.embed_texts(&texts, ctx)?;
         embed::write_features(&out.features, &args.out)?;
@@ -277,12 +264,11 @@ fn embed(args: EmbedArgs) -> Result<()> {
         export::write_atomic(&embed::sidecar(&args.out, "ids.txt"), ids.as_bytes())?;
         eprintln!("{}, {} -> {}", embed::summary("texts", texts.len(), start), model.precision, crate::term::path(&args.out));
         for &i in &out.empty {
-            eprintln!("warning: {}: row {i} is empty", crate::term::path(&texts_path));
+            eprintln!("warning: {}: row {i} is empty", crate::term::path(texts_path));
         }
         warn_truncated(&out.truncated, ctx);
         return Ok(());
     }
-    let (_, paths) = images.context("give --texts or --images")?;
     let out = embedder.embed_images(&paths)?;
     report_skipped(&out.skipped, &args.out)?;
     if out.paths.is_empty() {
@@ -315,6 +301,24 @@ fn report_skipped(skipped: &[(PathBuf, String)], out: &Path) -> Result<()> {
     }
     eprintln!("{} images skipped, listed in {}", skipped.len(), crate::term::path(&path));
     Ok(())
+}
+
+/// The texts of `path`; an error when there are none.
+fn some_texts(path: &Path) -> Result<Vec<String>> {
+    let texts = embed::read_texts(path)?;
+    if texts.is_empty() {
+        bail!("{}: no texts", path.display());
+    }
+    Ok(texts)
+}
+
+/// The images `path` names; an error when there are none.
+fn some_images(path: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let paths = embed::list_images(path)?;
+    if paths.is_empty() {
+        bail!("{}: no images found (jpg, jpeg, png, webp, gif, bmp, tif, tiff)", path.display());
+    }
+    Ok(paths)
 }
 
 fn warn_truncated(rows: &[usize], context_length: usize) {
